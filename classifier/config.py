@@ -1,0 +1,97 @@
+"""The plain training configuration that the worker, the web app and the CLI pass around.
+
+It is JSON-serialisable (``to_dict``/``from_dict``) so a ``TrainingJob`` row can store it
+and a version's ``metadata.json`` can repeat it. Defaults are the classic Keras recipe:
+MobileNetV2 1.0 @224 with ImageNet weights, frozen; head Dense 1024 -> Dense 512 ->
+Dropout 0.2 -> softmax; batch 32; 20 % validation split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+BUILD_STYLES = ("functional", "sequential")
+ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run's result.
+
+    ``weights`` is ``"imagenet"`` (Keras's normal loading: its cache under ``KERAS_HOME``,
+    a download otherwise), ``"none"`` (random init, for tests), or a path to a ``.h5``
+    weights file for the no-top trunk.
+    """
+
+    image_size: int = 224
+    alpha: float = 1.0
+    weights: str = "imagenet"
+    batch_size: int = 32
+    epochs: int = 5
+    learning_rate: float = 1e-3
+    head_units: tuple[int, ...] = (1024, 512)
+    dropout: float = 0.2
+    build: str = "functional"
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 0
+    fine_tune_learning_rate: float = 1e-5
+    validation_split: float = 0.2
+    seed: int = 1337
+    augment: bool = False
+    early_stopping_patience: int = 0
+    use_feature_cache: bool = True
+    min_images_per_class: int = 2
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "head_units", tuple(int(u) for u in self.head_units))
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Return human-readable reasons this config is invalid (empty when valid)."""
+        out: list[str] = []
+        if not 32 <= self.image_size <= 512:
+            out.append("image_size must be between 32 and 512")
+        if self.alpha not in ALPHAS:
+            out.append(f"alpha must be one of {', '.join(str(a) for a in ALPHAS)}")
+        if self.batch_size < 1 or self.batch_size > 1024:
+            out.append("batch_size must be between 1 and 1024")
+        if self.epochs < 1 or self.epochs > 1000:
+            out.append("epochs must be between 1 and 1000")
+        if not 0 < self.learning_rate < 1:
+            out.append("learning_rate must be between 0 and 1")
+        if not 0 < self.fine_tune_learning_rate < 1:
+            out.append("fine_tune_learning_rate must be between 0 and 1")
+        if any(u < 1 for u in self.head_units):
+            out.append("head_units must be positive")
+        if not 0 <= self.dropout < 1:
+            out.append("dropout must be in [0, 1)")
+        if self.build not in BUILD_STYLES:
+            out.append(f"build must be one of {', '.join(BUILD_STYLES)}")
+        if self.fine_tune_layers < 0 or self.fine_tune_epochs < 0:
+            out.append("fine_tune_layers and fine_tune_epochs must not be negative")
+        if not 0 < self.validation_split < 0.9:
+            out.append("validation_split must be between 0 and 0.9")
+        if self.early_stopping_patience < 0:
+            out.append("early_stopping_patience must not be negative")
+        if self.min_images_per_class < 1:
+            out.append("min_images_per_class must be at least 1")
+        return out
+
+    @property
+    def fine_tunes(self) -> bool:
+        return self.fine_tune_layers > 0 and self.fine_tune_epochs > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["head_units"] = list(self.head_units)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, ignoring unknown keys (configs stored by older versions)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

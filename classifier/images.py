@@ -1,0 +1,111 @@
+"""Reading photos into model input — the one place, shared by training and serving.
+
+Training (``classifier.pipeline``) and serving (``classifier.serving``) both call
+:func:`load_image`, so EXIF orientation, greyscale, CMYK, palette and alpha images, and the
+resize policy are handled identically on both sides and cannot drift. The resize policy is
+the recipe's: squash the whole photo to ``size`` x ``size`` (no crop), bilinear.
+
+No TensorFlow here: the web process imports this module.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# A 20000x20000 RGB photo is 1.2 GB decoded; refuse anything above ~90 megapixels.
+MAX_IMAGE_PIXELS = 90_000_000
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF", "MPO"})
+SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
+
+ImageSource = bytes | str | Path | BinaryIO | Image.Image
+
+
+def open_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open, verify and normalise a photo to an upright 8-bit RGB ``PIL.Image``.
+
+    Accepts bytes, a path, a binary file object or a PIL image. Applies the EXIF
+    orientation; converts greyscale, 16-bit, palette, CMYK and alpha images to RGB
+    (alpha is composited on white); takes the first frame of animations.
+
+    Raises:
+        InvalidImageError: not an image, truncated, an unsupported format, or more than
+            ``max_pixels`` pixels (decompression-bomb guard).
+    """
+    from classifier.errors import InvalidImageError
+
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        data = _read_bytes(source)
+        if not data:
+            raise InvalidImageError("The file is empty (0 bytes).")
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise InvalidImageError("The file is not an image Graft can read.") from None
+        except Image.DecompressionBombError as exc:
+            raise InvalidImageError(f"The image is too large: {exc}") from None
+        except OSError as exc:
+            raise InvalidImageError(f"The image could not be read: {exc}") from None
+        if image.format not in SUPPORTED_FORMATS:
+            raise InvalidImageError(
+                f"Unsupported image format {image.format}; use JPEG, PNG, BMP, WebP or GIF."
+            )
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            f"The image is too large ({width}x{height} pixels; the limit is "
+            f"{max_pixels // 1_000_000} megapixels)."
+        )
+    if width < 1 or height < 1:
+        raise InvalidImageError("The image has no pixels.")
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InvalidImageError(f"The image is damaged or truncated: {exc}") from None
+
+
+def load_image(source: ImageSource, size: int) -> np.ndarray:
+    """Return the photo as a ``(size, size, 3)`` uint8 array, ready for the model.
+
+    The model itself applies ``preprocess_input``; callers pass these raw 0-255 pixels.
+    """
+    image = open_image(source)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _read_bytes(source: bytes | str | Path | BinaryIO) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    if isinstance(source, str | Path):
+        return Path(source).read_bytes()
+    return source.read()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        image = image.convert("RGBA")
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
