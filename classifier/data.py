@@ -1,0 +1,216 @@
+"""Datasets on disk: one class per sub-folder, scanned, fingerprinted and split.
+
+A dataset is a folder whose sub-folders are the classes (like TensorFlow's
+``flower_photos``). :func:`scan_dataset` lists the photos, checks that each one can be read
+(unreadable files are reported with a reason, never a crash), and computes a content
+fingerprint so a training job can record exactly what it trained on and the feature cache
+can recognise data it has already seen. :func:`split_dataset` assigns each file to training
+or validation from a hash of its name, so the split is deterministic and adding photos later
+never moves an existing photo from one side to the other.
+
+No TensorFlow here: the web process imports this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from classifier.errors import DatasetError, InvalidImageError
+from classifier.images import SUPPORTED_SUFFIXES, open_image
+
+Item = tuple[str, int]
+
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """What :func:`scan_dataset` found.
+
+    ``items`` are ``(relative posix path, class index)`` pairs sorted by path; ``rejected``
+    are ``(relative path, reason)``; ``files`` maps each readable file's relative path to
+    ``(size in bytes, sha256 of its content)``; ``fingerprint`` is a sha256 over the sorted
+    relative paths, sizes and content hashes of ``items``.
+    """
+
+    root: Path
+    class_names: list[str]
+    items: list[Item]
+    rejected: list[tuple[str, str]]
+    total_bytes: int
+    fingerprint: str
+    files: dict[str, tuple[int, str]] = field(default_factory=dict, repr=False)
+
+    def counts(self) -> dict[str, int]:
+        """Readable images per class name (every class present, possibly 0)."""
+        counter = Counter(label for _, label in self.items)
+        return {name: counter.get(i, 0) for i, name in enumerate(self.class_names)}
+
+    def file_hash(self, relpath: str) -> str:
+        """The sha256 of one file's content (as scanned)."""
+        return self.files[relpath][1]
+
+    def without(
+        self, rejected: list[tuple[str, str]], *, min_images_per_class: int = 1
+    ) -> DatasetScan:
+        """A copy with ``rejected`` files moved from ``items`` to ``rejected``.
+
+        Used when a file that passed a quick scan turns out to be unreadable later (the
+        feature extractor decodes every photo anyway). Raises DatasetError when a class
+        falls below ``min_images_per_class``.
+        """
+        if not rejected:
+            return self
+        gone = {path for path, _ in rejected}
+        items = [item for item in self.items if item[0] not in gone]
+        files = {path: info for path, info in self.files.items() if path not in gone}
+        scan = replace(
+            self,
+            items=items,
+            rejected=sorted([*self.rejected, *rejected]),
+            files=files,
+            total_bytes=sum(size for size, _ in files.values()),
+            fingerprint=_fingerprint(files),
+        )
+        _check_counts(scan, min_images_per_class)
+        return scan
+
+
+def scan_dataset(
+    root: str | Path, *, min_images_per_class: int = 2, check_images: bool = True
+) -> DatasetScan:
+    """List, hash and (optionally) verify every photo under ``root/<class>/``.
+
+    Class names are the sorted sub-folder names (hidden folders are ignored); files with a
+    suffix in ``images.SUPPORTED_SUFFIXES`` are candidates, anything else is ignored. With
+    ``check_images`` each file is fully decoded with ``images.open_image`` (in a few
+    threads); unreadable files land in ``rejected`` with the reason.
+
+    Raises:
+        DatasetError: ``root`` is not a folder, it has fewer than two class folders, or a
+            class has fewer than ``min_images_per_class`` readable images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"The dataset folder {root} does not exist or is not a folder.")
+    class_names = sorted(
+        entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
+    )
+    if len(class_names) < 2:
+        raise DatasetError(
+            f"The dataset needs at least 2 class folders; {root} has {len(class_names)}"
+            + (f" ({', '.join(class_names)})." if class_names else ".")
+            + " Put each class's photos in its own sub-folder."
+        )
+    candidates: list[Item] = []
+    for index, name in enumerate(class_names):
+        for dirpath, dirnames, filenames in os.walk(root / name):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath) / filename
+                if filename.startswith(".") or path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                    continue
+                candidates.append((path.relative_to(root).as_posix(), index))
+    candidates.sort()
+
+    workers = min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda item: _inspect(root, item[0], check_images), candidates))
+
+    items: list[Item] = []
+    rejected: list[tuple[str, str]] = []
+    files: dict[str, tuple[int, str]] = {}
+    for (relpath, label), (size, digest, problem) in zip(candidates, results, strict=True):
+        if problem is not None:
+            rejected.append((relpath, problem))
+            continue
+        items.append((relpath, label))
+        files[relpath] = (size, digest)
+    scan = DatasetScan(
+        root=root,
+        class_names=class_names,
+        items=items,
+        rejected=rejected,
+        total_bytes=sum(size for size, _ in files.values()),
+        fingerprint=_fingerprint(files),
+        files=files,
+    )
+    _check_counts(scan, min_images_per_class)
+    return scan
+
+
+def split_dataset(
+    scan: DatasetScan, validation_split: float = 0.2, seed: int = 1337
+) -> tuple[list[Item], list[Item]]:
+    """Split ``scan.items`` into ``(train, validation)``, deterministically and stably.
+
+    Each file gets a number in [0, 1) from ``sha256(seed, relative path)``; it goes to
+    validation when that number is below ``validation_split``. A file's side therefore
+    depends only on its own name and the seed: the split is the same on every machine, and
+    adding photos never moves an existing photo between training and validation. It is
+    stratified in that every class is split on its own with the same fraction; a class
+    with at least two images whose hashes all fall above the fraction gets its
+    lowest-hash file in validation, so every class is validated (that one file can return
+    to training if a later addition brings the class a validation photo of its own).
+    """
+    if not 0 < validation_split < 1:
+        raise ValueError("validation_split must be between 0 and 1")
+    by_class: dict[int, list[tuple[float, Item]]] = {}
+    for item in scan.items:
+        by_class.setdefault(item[1], []).append((_unit_hash(item[0], seed), item))
+    train: list[Item] = []
+    val: list[Item] = []
+    for members in by_class.values():
+        chosen = [item for u, item in members if u < validation_split]
+        if not chosen and len(members) >= 2:
+            chosen = [min(members)[1]]
+        picked = set(chosen)
+        val.extend(chosen)
+        train.extend(item for _, item in members if item not in picked)
+    return sorted(train), sorted(val)
+
+
+def _unit_hash(relpath: str, seed: int) -> float:
+    digest = hashlib.sha256(f"{seed}:{relpath}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _inspect(root: Path, relpath: str, check_image: bool) -> tuple[int, str, str | None]:
+    """Return ``(size, sha256, problem or None)`` for one file; never raises."""
+    path = root / relpath
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return 0, "", f"The file could not be read: {exc.strerror or exc}"
+    if check_image:
+        try:
+            open_image(data)
+        except InvalidImageError as exc:
+            return len(data), "", str(exc)
+        except Exception as exc:  # a Pillow plugin bug must not abort the whole scan
+            return len(data), "", f"The image could not be read: {exc}"
+    return len(data), hashlib.sha256(data).hexdigest(), None
+
+
+def _fingerprint(files: dict[str, tuple[int, str]]) -> str:
+    digest = hashlib.sha256()
+    for relpath in sorted(files):
+        size, content_hash = files[relpath]
+        digest.update(f"{relpath}\0{size}\0{content_hash}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_counts(scan: DatasetScan, min_images_per_class: int) -> None:
+    short = {name: n for name, n in scan.counts().items() if n < min_images_per_class}
+    if short:
+        listed = ", ".join(f"{name} ({n})" for name, n in sorted(short.items()))
+        raise DatasetError(
+            f"Every class needs at least {min_images_per_class} readable images; too few in: "
+            f"{listed}."
+            + (f" {len(scan.rejected)} file(s) could not be read." if scan.rejected else "")
+        )

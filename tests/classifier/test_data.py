@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import pytest
+
+from classifier.data import scan_dataset, split_dataset
+from classifier.errors import DatasetError
+
+
+def test_it_scans_classes_items_and_fingerprint(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"cat": 3, "dog": 4})
+    (root / "dog" / "notes.txt").write_text("not a photo")
+
+    scan = scan_dataset(root)
+
+    assert scan.class_names == ["cat", "dog"]
+    assert scan.counts() == {"cat": 3, "dog": 4}
+    assert all(label == (0 if path.startswith("cat/") else 1) for path, label in scan.items)
+    assert scan.rejected == []
+    assert scan.total_bytes == sum(p.stat().st_size for p in root.rglob("*.*g"))
+    assert len(scan.fingerprint) == 64
+
+
+def test_it_changes_the_fingerprint_only_when_content_changes(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds")
+    first = scan_dataset(root).fingerprint
+    assert scan_dataset(root).fingerprint == first
+
+    target = root / "a" / "a_000.jpg"
+    target.write_bytes((root / "a" / "a_002.jpg").read_bytes())
+    assert scan_dataset(root).fingerprint != first
+
+
+def test_it_reports_corrupt_files_and_keeps_going(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "b" / "empty.png").write_bytes(b"")
+    good = (root / "b" / "b_000.jpg").read_bytes()
+    (root / "b" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+
+    scan = scan_dataset(root)
+
+    rejected = dict(scan.rejected)
+    assert set(rejected) == {"a/broken.jpg", "b/empty.png", "b/truncated.jpg"}
+    assert all(reason for reason in rejected.values())
+    assert scan.counts() == {"a": 6, "b": 6}
+
+
+def test_it_skips_checks_when_asked_and_drops_files_later(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds")
+    (root / "a" / "broken.jpg").write_bytes(b"junk")
+
+    scan = scan_dataset(root, check_images=False)
+    assert scan.counts() == {"a": 7, "b": 6}
+
+    trimmed = scan.without([("a/broken.jpg", "damaged")])
+    assert trimmed.counts() == {"a": 6, "b": 6}
+    assert trimmed.rejected == [("a/broken.jpg", "damaged")]
+    assert trimmed.fingerprint == scan_dataset(root).fingerprint
+
+
+def test_it_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        scan_dataset(tmp_path / "nope")
+
+
+def test_it_refuses_fewer_than_two_classes(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"only": 4})
+    with pytest.raises(DatasetError, match="at least 2 class folders"):
+        scan_dataset(root)
+
+
+def test_it_refuses_a_class_with_too_few_readable_images(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"a": 5, "b": 2})
+    (root / "b" / "bad.jpg").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match=r"at least 3 readable images.*b \(2\)"):
+        scan_dataset(root, min_images_per_class=3)
+
+
+def test_it_splits_deterministically(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"a": 20, "b": 20})
+    scan = scan_dataset(root, check_images=False)
+
+    first = split_dataset(scan, 0.25, seed=7)
+    assert split_dataset(scan_dataset(root, check_images=False), 0.25, seed=7) == first
+    assert split_dataset(scan, 0.25, seed=8) != first
+    train, val = first
+    assert sorted(train + val) == scan.items
+    assert not set(train) & set(val)
+
+
+def test_it_stratifies_every_class(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"a": 200, "b": 200, "c": 2}, size=(8, 8))
+    scan = scan_dataset(root, check_images=False)
+
+    train, val = split_dataset(scan, 0.2, seed=1)
+
+    val_counts = Counter(label for _, label in val)
+    assert set(val_counts) == {0, 1, 2}
+    for label in (0, 1):
+        assert 25 <= val_counts[label] <= 55  # 20 % of 200 = 40, give or take the hashes
+    assert Counter(label for _, label in train)[2] == 1
+
+
+def test_it_keeps_existing_files_on_their_side_when_files_are_added(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"a": 30, "b": 30}, size=(8, 8))
+    before_train, before_val = split_dataset(scan_dataset(root, check_images=False))
+
+    extra = make_image_folder(tmp_path / "extra", classes={"a": 15, "b": 15}, size=(8, 8), seed=3)
+    for path in extra.rglob("*.*g"):
+        shutil.copy(path, root / path.parent.name / f"new_{path.name}")
+    after_train, after_val = split_dataset(scan_dataset(root, check_images=False))
+
+    assert set(before_train) <= set(after_train)
+    assert set(before_val) <= set(after_val)
+    assert len(after_train) + len(after_val) == 90
