@@ -11,12 +11,129 @@ This module imports TensorFlow; the serving side (``classifier.serving``) does n
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import platform
+import shutil
 import tempfile
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from classifier.config import TrainConfig
+from classifier.errors import ArtifactError
+from classifier.serving import (
+    FORMAT_VERSION,
+    LABELS,
+    METADATA,
+    MODEL_KERAS,
+    MODEL_TFLITE,
+    LiteRTRunner,
+    sha256_file,
+)
+
+# Keras and LiteRT must agree this closely on the same pixels, or the export is refused.
+AGREEMENT_TOLERANCE = 1e-4
+
+
+def export_version(
+    model: keras.Model,
+    out_dir: str | Path,
+    *,
+    class_names: list[str],
+    config: TrainConfig,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    dataset: dict[str, Any],
+) -> Path:
+    """Write a complete model version directory at ``out_dir`` atomically and return it.
+
+    The files are written into a temporary directory beside ``out_dir`` (same filesystem)
+    and renamed into place, so ``out_dir`` either does not exist or holds a whole version.
+    Before anything is written, the TFLite model is checked against Keras on a few
+    deterministic images.
+
+    Args:
+        model: the classifier: raw float32 0-255 pixels ``(N, S, S, 3)`` -> softmax probs.
+        out_dir: where the version goes; must not exist yet.
+        class_names: one name per output, in output order.
+        config, metrics, history, dataset: repeated in ``metadata.json`` (``dataset`` should
+            carry the fingerprint, class counts and the file list trained on).
+
+    Raises:
+        FileExistsError: ``out_dir`` already exists.
+        ArtifactError: the model does not match ``class_names`` or the converted model
+            disagrees with Keras.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"The version directory {out_dir} already exists.")
+    image_size = int(_input_spec(model).shape[1])
+    num_outputs = int(model.outputs[0].shape[-1])
+    if num_outputs != len(class_names):
+        raise ArtifactError(
+            f"The model has {num_outputs} outputs but {len(class_names)} class names were given."
+        )
+    tflite = convert_to_tflite(model)
+    max_diff = _check_agreement(model, tflite, image_size)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save(tmp / MODEL_KERAS)
+        _fsync_file(tmp / MODEL_KERAS)
+        _write_bytes(tmp / MODEL_TFLITE, tflite)
+        _write_bytes(tmp / LABELS, _to_json(list(class_names)))
+        files = {
+            name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+            for name in (MODEL_KERAS, MODEL_TFLITE, LABELS)
+        }
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "class_names": list(class_names),
+            "image_size": image_size,
+            "input": {"shape": [image_size, image_size, 3], "dtype": "float32", "range": [0, 255]},
+            "config": config.to_dict(),
+            "metrics": metrics,
+            "history": history,
+            "dataset": dataset,
+            "libraries": library_versions(),
+            "tflite_max_abs_diff": max_diff,
+            "files": files,
+        }
+        _write_bytes(tmp / METADATA, _to_json(meta))
+        _fsync_dir(tmp)
+        if out_dir.exists():
+            raise FileExistsError(f"The version directory {out_dir} already exists.")
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(out_dir.parent)
+    return out_dir
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of everything that decides what a version computes, for ``metadata.json``."""
+    versions = {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+    for name, dist in (("pillow", "pillow"), ("ai-edge-litert", "ai-edge-litert")):
+        try:
+            versions[name] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
 
 
 def convert_to_tflite(model: keras.Model) -> bytes:
@@ -44,6 +161,60 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
+
+
+def _check_agreement(model: keras.Model, tflite: bytes, image_size: int) -> float:
+    pixels = np.random.default_rng(0).integers(0, 256, (2, image_size, image_size, 3))
+    pixels = pixels.astype(np.float32)
+    expected = np.asarray(model(pixels, training=False))
+    got = LiteRTRunner(tflite).run(pixels)
+    max_diff = float(np.max(np.abs(expected - got)))
+    if not max_diff <= AGREEMENT_TOLERANCE:
+        raise ArtifactError(
+            f"The converted TFLite model disagrees with Keras (max difference {max_diff:.2g})."
+        )
+    return max_diff
+
+
+def _to_json(value: Any) -> bytes:
+    return (json.dumps(_plain(value), indent=2, allow_nan=False) + "\n").encode()
+
+
+def _plain(value: Any) -> Any:
+    """Make ``value`` strict JSON: numpy scalars/arrays, paths, tuples; NaN/inf -> None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return value.as_posix()
+    return value
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _input_spec(model: keras.Model) -> tf.TensorSpec:

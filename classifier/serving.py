@@ -8,12 +8,26 @@ test proves it in a subprocess). Versions are served from their ``model.tflite``
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
+
+from classifier.errors import ArtifactError, InvalidImageError
+from classifier.images import ImageSource, load_image
+
+FORMAT_VERSION = 1
+MODEL_KERAS = "model.keras"
+MODEL_TFLITE = "model.tflite"
+LABELS = "labels.json"
+METADATA = "metadata.json"
+PREDICT_MANY_CHUNK = 32
 
 
 class LiteRTRunner:
@@ -42,6 +56,8 @@ class LiteRTRunner:
         if signature is None or len(signature) == 0:
             signature = input_detail["shape"]
         self.input_shape: tuple[int, ...] = tuple(int(d) for d in signature[1:])
+        output_detail = self._interpreter.get_output_details()[0]
+        self.output_shape: tuple[int, ...] = tuple(int(d) for d in output_detail["shape"][1:])
         self._batch_shape: tuple[int, ...] | None = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -53,8 +69,7 @@ class LiteRTRunner:
                 f"got {batch.shape}."
             )
         if batch.shape[0] == 0:
-            output_shape = self._interpreter.get_output_details()[0]["shape"][1:]
-            return np.zeros((0, *output_shape), dtype=np.float32)
+            return np.zeros((0, *self.output_shape), dtype=np.float32)
         with self._lock:
             if batch.shape != self._batch_shape:
                 self._interpreter.resize_tensor_input(self._input_index, list(batch.shape))
@@ -68,3 +83,162 @@ class LiteRTRunner:
         if len(shape) != len(self.input_shape) + 1:
             return False
         return all(want in (-1, got) for want, got in zip(self.input_shape, shape[1:], strict=True))
+
+
+class Predictor:
+    """A loaded model version: photos in, top-k labels with probabilities out.
+
+    Build it with :meth:`load`. Immutable after loading and safe to share between threads
+    (the interpreter is behind :class:`LiteRTRunner`'s lock). Photos are decoded by
+    :func:`classifier.images.load_image`, the same code that fed training.
+    """
+
+    def __init__(
+        self,
+        runner: LiteRTRunner,
+        *,
+        labels: list[str],
+        image_size: int,
+        metadata: dict[str, Any],
+        version_dir: Path,
+    ) -> None:
+        self._runner = runner
+        self.labels = list(labels)
+        self.image_size = int(image_size)
+        self.metadata = metadata
+        self.version_dir = version_dir
+
+    @classmethod
+    def load(
+        cls, version_dir: str | Path, *, verify: bool = True, num_threads: int | None = None
+    ) -> Predictor:
+        """Load ``version_dir`` (written by ``classifier.export.export_version``).
+
+        With ``verify`` every file listed in ``metadata.json`` must be present with its
+        recorded sha256, so a damaged or tampered version is never served.
+
+        Raises:
+            ArtifactError: a missing or unreadable file, a checksum mismatch, or labels that
+                do not fit the model.
+        """
+        version_dir = Path(version_dir)
+        metadata = _read_json(version_dir / METADATA)
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("files"), dict):
+            raise ArtifactError(
+                f"{version_dir / METADATA} is not a Graft model version's metadata."
+            )
+        files: dict[str, Any] = metadata["files"]
+        tflite = _read_bytes(version_dir / MODEL_TFLITE)
+        if verify:
+            for name in sorted(set(files) | {MODEL_TFLITE, LABELS}):
+                entry = files.get(name)
+                expected = entry.get("sha256") if isinstance(entry, dict) else None
+                if not expected:
+                    raise ArtifactError(f"metadata.json records no checksum for {name}.")
+                actual = (
+                    hashlib.sha256(tflite).hexdigest()
+                    if name == MODEL_TFLITE
+                    else sha256_file(version_dir / name)
+                )
+                if actual != expected:
+                    raise ArtifactError(
+                        f"{version_dir / name} does not match its checksum; the version is "
+                        "damaged or was modified. Re-export it."
+                    )
+        labels = _read_json(version_dir / LABELS)
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ArtifactError(f"{version_dir / LABELS} must be a JSON list of class names.")
+        try:
+            runner = LiteRTRunner(tflite, num_threads=num_threads)
+        except (ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"{version_dir / MODEL_TFLITE} cannot be loaded: {exc}") from None
+        outputs = runner.output_shape[-1]
+        if outputs != len(labels):
+            raise ArtifactError(
+                f"The model has {outputs} outputs but labels.json names {len(labels)} classes."
+            )
+        image_size = int(metadata.get("image_size") or runner.input_shape[0])
+        if runner.input_shape not in ((image_size, image_size, 3), (-1, -1, 3)):
+            raise ArtifactError(
+                f"The model takes {runner.input_shape} images, not {image_size}x{image_size}x3."
+            )
+        return cls(
+            runner,
+            labels=labels,
+            image_size=image_size,
+            metadata=metadata,
+            version_dir=version_dir,
+        )
+
+    def predict(self, source: ImageSource, top_k: int = 5) -> list[dict[str, Any]]:
+        """Classify one photo (bytes, path, binary file or PIL image).
+
+        Returns up to ``top_k`` ``{"label", "confidence"}`` dicts, most confident first.
+
+        Raises:
+            InvalidImageError: not an image, damaged, or too large (decompression bomb).
+        """
+        pixels = load_image(source, self.image_size)
+        return self._top(self.predict_array(pixels[np.newaxis])[0], top_k)
+
+    def predict_many(
+        self, sources: Iterable[ImageSource], top_k: int = 5
+    ) -> list[list[dict[str, Any]]]:
+        """Classify several photos in batches; one result list per photo, in order.
+
+        Raises:
+            InvalidImageError: for the first photo that cannot be read, naming its position.
+        """
+        results: list[list[dict[str, Any]]] = []
+        chunk: list[np.ndarray] = []
+        for position, source in enumerate(sources):
+            try:
+                chunk.append(load_image(source, self.image_size))
+            except InvalidImageError as exc:
+                raise InvalidImageError(f"Image {position + 1}: {exc}") from None
+            if len(chunk) == PREDICT_MANY_CHUNK:
+                results.extend(self._top(p, top_k) for p in self.predict_array(np.stack(chunk)))
+                chunk = []
+        if chunk:
+            results.extend(self._top(p, top_k) for p in self.predict_array(np.stack(chunk)))
+        return results
+
+    def predict_array(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities ``(N, classes)`` for raw 0-255 pixels ``(N, S, S, 3)`` (uint8 or float)."""
+        batch = np.asarray(batch)
+        expected = (self.image_size, self.image_size, 3)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ValueError(f"Expected pixels of shape (N, {', '.join(map(str, expected))}).")
+        return self._runner.run(batch.astype(np.float32, copy=False))
+
+    def _top(self, probs: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1.")
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON: {exc}") from None

@@ -67,3 +67,61 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"needs the shared folder beside the repository ({SHARED_DIR.resolve()})")
     return SHARED_DIR.resolve()
+
+
+# --- Export / serving fixtures (a tiny exported version, built once per session) -----------
+
+TINY_SIZE = 32
+TINY_CLASSES = ["cat", "dog", "eel"]
+
+
+def tiny_classifier(num_classes: int = 3, *, size: int = TINY_SIZE, seed: int = 0) -> object:
+    """Raw 0-255 pixels -> Rescaling -> conv -> BN -> GAP -> softmax: the real model's shape."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 3), name="pixels")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.2)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def export_tiny_version(out_dir: Path, *, model: object = None) -> Path:
+    """Export ``tiny_classifier()`` (or ``model``) as a complete version at ``out_dir``."""
+    from classifier.config import TrainConfig
+    from classifier.export import export_version
+
+    return export_version(
+        model if model is not None else tiny_classifier(),
+        out_dir,
+        class_names=TINY_CLASSES,
+        config=TrainConfig(image_size=TINY_SIZE, weights="none", epochs=1),
+        metrics={"val_accuracy": 0.5, "val_loss": 1.0},
+        history=[{"epoch": 1, "loss": 1.1, "accuracy": 0.4}],
+        dataset={"fingerprint": "f" * 16, "counts": {"cat": 2, "dog": 2, "eel": 2}},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention exported version (3 classes, 32x32); copy it to modify it."""
+    pytest.importorskip("tensorflow")
+    return export_tiny_version(tmp_path_factory.mktemp("versions") / "v1")
+
+
+@pytest.fixture
+def make_tiny_model() -> Callable[..., object]:
+    """``make_tiny_model(num_classes=3, size=32, seed=0)`` -> a small Keras classifier."""
+    pytest.importorskip("keras")
+    return tiny_classifier
+
+
+@pytest.fixture
+def make_tiny_version() -> Callable[..., Path]:
+    """``make_tiny_version(out_dir, model=None)`` -> an exported version directory."""
+    pytest.importorskip("tensorflow")
+    return export_tiny_version

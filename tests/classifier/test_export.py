@@ -2,36 +2,30 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from classifier.export import convert_to_tflite  # noqa: E402
-from classifier.serving import LiteRTRunner  # noqa: E402
+from classifier import export  # noqa: E402
+from classifier.config import TrainConfig  # noqa: E402
+from classifier.errors import ArtifactError  # noqa: E402
+from classifier.export import convert_to_tflite, export_version  # noqa: E402
+from classifier.images import load_image  # noqa: E402
+from classifier.serving import LiteRTRunner, Predictor, sha256_file  # noqa: E402
 
 SIZE = 32
-
-
-def tiny_classifier(num_classes: int = 3, *, size: int = SIZE, seed: int = 0) -> keras.Model:
-    """Raw 0-255 pixels -> Rescaling -> conv -> GAP -> softmax, like the real model's shape."""
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((size, size, 3), name="pixels")
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.2)(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
-    return keras.Model(inputs, outputs)
 
 
 def random_pixels(n: int, size: int = SIZE, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3)).astype(np.float32)
 
 
-def test_it_converts_a_model_that_agrees_with_keras_at_any_batch_size() -> None:
-    model = tiny_classifier()
+def test_it_converts_a_model_that_agrees_with_keras_at_any_batch_size(make_tiny_model) -> None:
+    model = make_tiny_model()
     runner = LiteRTRunner(convert_to_tflite(model), num_threads=1)
     pixels = random_pixels(5)
     expected = model.predict_on_batch(pixels)
@@ -54,6 +48,7 @@ def test_it_converts_a_sequential_feature_extractor() -> None:
 
     np.testing.assert_allclose(runner.run(pixels), model.predict_on_batch(pixels), atol=1e-4)
     assert runner.input_shape == (SIZE, SIZE, 3)
+    assert runner.output_shape == (6,)
 
 
 def test_it_refuses_a_model_without_a_fixed_image_size() -> None:
@@ -64,8 +59,96 @@ def test_it_refuses_a_model_without_a_fixed_image_size() -> None:
         convert_to_tflite(model)
 
 
-def test_runner_rejects_a_batch_of_the_wrong_shape() -> None:
-    runner = LiteRTRunner(convert_to_tflite(tiny_classifier()), num_threads=1)
+def test_runner_rejects_a_batch_of_the_wrong_shape(tiny_version: Path) -> None:
+    runner = LiteRTRunner(tiny_version / "model.tflite", num_threads=1)
 
     with pytest.raises(ValueError, match="Expected a batch"):
         runner.run(np.zeros((1, SIZE + 1, SIZE, 3), np.float32))
+
+
+def test_it_writes_a_complete_version_with_checksums(tiny_version: Path) -> None:
+    names = sorted(p.name for p in tiny_version.iterdir())
+    meta = json.loads((tiny_version / "metadata.json").read_text())
+
+    assert names == ["labels.json", "metadata.json", "model.keras", "model.tflite"]
+    assert json.loads((tiny_version / "labels.json").read_text()) == ["cat", "dog", "eel"]
+    assert meta["class_names"] == ["cat", "dog", "eel"]
+    assert meta["image_size"] == SIZE
+    assert meta["config"] == TrainConfig(image_size=SIZE, weights="none", epochs=1).to_dict()
+    assert meta["metrics"] == {"val_accuracy": 0.5, "val_loss": 1.0}
+    assert meta["history"] == [{"epoch": 1, "loss": 1.1, "accuracy": 0.4}]
+    assert meta["dataset"]["fingerprint"] == "f" * 16
+    assert meta["created_at"].endswith("+00:00")
+    assert set(meta["libraries"]) >= {"tensorflow", "keras", "numpy", "pillow", "ai-edge-litert"}
+    assert meta["tflite_max_abs_diff"] <= 1e-4
+    for name in ("model.keras", "model.tflite", "labels.json"):
+        assert meta["files"][name]["sha256"] == sha256_file(tiny_version / name)
+    assert not [p for p in tiny_version.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_export_round_trip_keras_and_litert_agree_on_the_same_images(
+    tiny_version: Path, make_image_folder, tmp_path: Path
+) -> None:
+    root = make_image_folder(tmp_path / "photos", classes={"a": 3, "b": 3})
+    pixels = np.stack([load_image(p, SIZE) for p in sorted(root.rglob("*.*"))])
+    keras_model = keras.saving.load_model(tiny_version / "model.keras")
+
+    served = Predictor.load(tiny_version, num_threads=1).predict_array(pixels)
+
+    np.testing.assert_allclose(
+        served, keras_model.predict_on_batch(pixels.astype(np.float32)), atol=1e-4
+    )
+
+
+def test_it_refuses_to_overwrite_an_existing_version(tiny_version: Path, make_tiny_version) -> None:
+    before = sha256_file(tiny_version / "metadata.json")
+
+    with pytest.raises(FileExistsError):
+        make_tiny_version(tiny_version)
+
+    assert sha256_file(tiny_version / "metadata.json") == before
+
+
+def test_it_leaves_nothing_behind_when_writing_fails(
+    tmp_path: Path, make_tiny_version, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_json(value: object) -> bytes:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export, "_to_json", broken_json)
+
+    with pytest.raises(OSError, match="disk full"):
+        make_tiny_version(tmp_path / "v1")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_it_refuses_class_names_that_do_not_fit_the_model(tmp_path: Path, make_tiny_model) -> None:
+    with pytest.raises(ArtifactError, match="3 outputs but 2 class names"):
+        export_version(
+            make_tiny_model(),
+            tmp_path / "v1",
+            class_names=["a", "b"],
+            config=TrainConfig(image_size=SIZE, weights="none"),
+            metrics={},
+            history=[],
+            dataset={},
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_it_writes_numpy_values_and_nan_as_strict_json(tmp_path: Path, make_tiny_model) -> None:
+    version = export_version(
+        make_tiny_model(),
+        tmp_path / "v1",
+        class_names=["a", "b", "c"],
+        config=TrainConfig(image_size=SIZE, weights="none"),
+        metrics={"val_accuracy": np.float32(0.75), "confusion": np.eye(2, dtype=np.int64)},
+        history=[{"loss": float("nan")}],
+        dataset={"root": tmp_path},
+    )
+
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["metrics"] == {"val_accuracy": 0.75, "confusion": [[1, 0], [0, 1]]}
+    assert meta["history"] == [{"loss": None}]
+    assert meta["dataset"] == {"root": tmp_path.as_posix()}
