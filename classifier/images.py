@@ -52,7 +52,7 @@ def open_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Im
             raise InvalidImageError("The file is not an image Graft can read.") from None
         except Image.DecompressionBombError as exc:
             raise InvalidImageError(f"The image is too large: {exc}") from None
-        except OSError as exc:
+        except Exception as exc:  # Untrusted bytes: any parser failure means "not readable".
             raise InvalidImageError(f"The image could not be read: {exc}") from None
         if image.format not in SUPPORTED_FORMATS:
             raise InvalidImageError(
@@ -71,7 +71,7 @@ def open_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Im
         image.load()
         image = ImageOps.exif_transpose(image)
         return _to_rgb(image)
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # Decoders and EXIF parsing raise many types on bad input.
         raise InvalidImageError(f"The image is damaged or truncated: {exc}") from None
 
 
@@ -99,7 +99,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        # 16-bit modes are on a 0-65535 scale even when the photo is dark; plain "I" may hold
+        # either, so it is judged by its range.
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0, 0, 255).astype(np.uint8), "L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

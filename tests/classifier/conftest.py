@@ -125,3 +125,92 @@ def make_tiny_version() -> Callable[..., Path]:
     """``make_tiny_version(out_dir, model=None)`` -> an exported version directory."""
     pytest.importorskip("tensorflow")
     return export_tiny_version
+
+
+# --- Awkward and hostile image files (for images.py and serving tests) ---------------------
+
+
+def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A valid 1-bit PNG of ``width`` x ``height`` black pixels, a few tens of KB on disk.
+
+    Built row block by row block with zlib, so making it never holds the decoded image.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = (b"\x00" + bytes((width + 7) // 8)) * 500
+    compressor = zlib.compressobj(1)
+    idat = b"".join(compressor.compress(rows) for _ in range(height // 500))
+    idat += compressor.compress((b"\x00" + bytes((width + 7) // 8)) * (height % 500))
+    idat += compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def odd_image_files() -> dict[str, bytes]:
+    """Readable photos in awkward encodings, each 40 wide x 20 high as displayed unless noted.
+
+    Every one is red on its left half and blue on its right half (white and black for
+    ``png_16bit_grey``, greys for ``greyscale``; ``png_transparent``'s right half is fully
+    transparent, which reads as white); ``exif_rotated`` is stored sideways (20 x 40, red
+    at the bottom) and tagged orientation 6, so it displays like the others.
+    """
+    red, blue = (255, 0, 0), (0, 0, 255)
+    halves = Image.new("RGB", (40, 20), blue)
+    halves.paste(red, (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display.
+    sideways = halves.transpose(Image.Transpose.ROTATE_90)
+    rgba = halves.convert("RGBA")
+    see_through = rgba.copy()
+    see_through.paste((0, 0, 255, 0), (20, 0, 40, 20))
+    second = Image.new("RGB", (40, 20), (0, 255, 0))
+    sixteen = np.zeros((20, 40), np.uint16)
+    sixteen[:, :20] = 65535
+    return {
+        "jpeg": _encode(halves, "JPEG", quality=95),
+        "cmyk_jpeg": _encode(halves.convert("CMYK"), "JPEG", quality=95),
+        "png_16bit_grey": _encode(Image.fromarray(sixteen), "PNG"),
+        "png_alpha": _encode(rgba, "PNG"),
+        "png_transparent": _encode(see_through, "PNG"),
+        "gif_animated": _encode(halves, "GIF", save_all=True, append_images=[second], loop=0),
+        "exif_rotated": _encode(sideways, "JPEG", quality=95, exif=exif),
+        "bmp": _encode(halves, "BMP"),
+        "webp": _encode(halves, "WEBP", lossless=True),
+        "greyscale": _encode(halves.convert("L"), "PNG"),
+    }
+
+
+def bad_image_files() -> dict[str, bytes]:
+    """Byte strings that must be refused with ``InvalidImageError``."""
+    jpeg = _encode(Image.new("RGB", (64, 64), (10, 200, 30)), "JPEG")
+    return {
+        "empty": b"",
+        "text": b"this is not an image\n" * 10,
+        "truncated_jpeg": jpeg[: len(jpeg) // 2],
+        "png_bomb": png_bomb(),
+        "pdf": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n",
+    }
+
+
+@pytest.fixture(scope="session")
+def odd_images() -> dict[str, bytes]:
+    return odd_image_files()
+
+
+@pytest.fixture(scope="session")
+def bad_images() -> dict[str, bytes]:
+    return bad_image_files()
