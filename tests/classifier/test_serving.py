@@ -1,0 +1,186 @@
+"""serving.Predictor: LiteRT only, checksums, top-k, threads, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifier.errors import ArtifactError, InvalidImageError
+from classifier.serving import Predictor
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_version: Path) -> Predictor:
+    return Predictor.load(tiny_version, num_threads=1)
+
+
+@pytest.fixture
+def version_copy(tiny_version: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_version, tmp_path / "v1"))
+
+
+def photos(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        buffer = io.BytesIO()
+        pixels = rng.integers(0, 256, (24, 36, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_it_loads_and_predicts_without_importing_tensorflow_or_keras(
+    tiny_version: Path, tmp_path: Path
+) -> None:
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(photos(1)[0])
+    script = (
+        "import sys\n"
+        "from classifier.serving import Predictor\n"
+        f"print(Predictor.load({str(tiny_version)!r}).predict({str(photo)!r})[0]['label'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    )
+
+    label, heavy = result.stdout.split("\n")[:2]
+    assert label in ("cat", "dog", "eel")
+    assert heavy == "[]"
+
+
+def test_it_exposes_labels_size_and_metadata(predictor: Predictor, tiny_version: Path) -> None:
+    assert predictor.labels == ["cat", "dog", "eel"]
+    assert predictor.image_size == 32
+    assert predictor.metadata["dataset"]["fingerprint"] == "f" * 16
+    assert predictor.version_dir == tiny_version
+
+
+def test_it_returns_top_k_labels_most_confident_first(predictor: Predictor) -> None:
+    every = predictor.predict(photos(1)[0], top_k=10)
+    top_two = predictor.predict(photos(1)[0], top_k=2)
+
+    assert sorted(r["label"] for r in every) == ["cat", "dog", "eel"]
+    confidences = [r["confidence"] for r in every]
+    assert confidences == sorted(confidences, reverse=True)
+    assert sum(confidences) == pytest.approx(1.0, abs=1e-5)
+    assert top_two == every[:2]
+    with pytest.raises(ValueError, match="top_k"):
+        predictor.predict(photos(1)[0], top_k=0)
+
+
+def test_it_takes_bytes_paths_files_and_pil_images(predictor: Predictor, tmp_path: Path) -> None:
+    data = photos(1)[0]
+    path = tmp_path / "photo.png"
+    path.write_bytes(data)
+    expected = predictor.predict(data)
+
+    for source in (path, str(path), io.BytesIO(data), Image.open(io.BytesIO(data))):
+        assert predictor.predict(source) == expected
+
+
+def test_predict_many_matches_one_by_one(predictor: Predictor) -> None:
+    batch = photos(5)
+
+    assert predictor.predict_many(batch, top_k=2) == [predictor.predict(p, top_k=2) for p in batch]
+    assert predictor.predict_many([]) == []
+
+
+def test_predict_array_takes_raw_pixels(predictor: Predictor) -> None:
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+
+    probs = predictor.predict_array(pixels)
+
+    assert probs.shape == (4, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(predictor.predict_array(pixels.astype(np.float32)), probs)
+    with pytest.raises(ValueError, match="Expected pixels"):
+        predictor.predict_array(pixels[0])
+
+
+def test_it_gives_identical_answers_from_many_threads(predictor: Predictor) -> None:
+    batch = photos(12, seed=1)
+    expected = [predictor.predict(p) for p in batch]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(predictor.predict, batch * 5))
+
+    assert answers == expected * 5
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["cmyk_jpeg", "png_16bit_grey", "png_alpha", "gif_animated", "exif_rotated", "greyscale"],
+)
+def test_it_classifies_awkward_encodings(
+    predictor: Predictor, odd_images: dict[str, bytes], name: str
+) -> None:
+    assert len(predictor.predict(odd_images[name], top_k=3)) == 3
+
+
+@pytest.mark.parametrize("name", ["empty", "text", "truncated_jpeg", "png_bomb", "pdf"])
+def test_it_refuses_bad_input(
+    predictor: Predictor, bad_images: dict[str, bytes], name: str
+) -> None:
+    with pytest.raises(InvalidImageError):
+        predictor.predict(bad_images[name])
+
+
+def test_predict_many_names_the_bad_image(
+    predictor: Predictor, bad_images: dict[str, bytes]
+) -> None:
+    with pytest.raises(InvalidImageError, match="Image 2"):
+        predictor.predict_many([photos(1)[0], bad_images["text"]])
+
+
+def test_it_refuses_a_tampered_model(version_copy: Path) -> None:
+    model = version_copy / "model.tflite"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF
+    model.write_bytes(bytes(data))
+
+    with pytest.raises(ArtifactError, match=r"model\.tflite does not match its checksum"):
+        Predictor.load(version_copy)
+
+
+def test_it_refuses_edited_labels(version_copy: Path) -> None:
+    (version_copy / "labels.json").write_text('["cat", "dog", "fox"]')
+
+    with pytest.raises(ArtifactError, match=r"labels\.json does not match"):
+        Predictor.load(version_copy)
+
+
+@pytest.mark.parametrize("name", ["model.tflite", "labels.json", "metadata.json", "model.keras"])
+def test_it_refuses_a_version_with_a_missing_file(version_copy: Path, name: str) -> None:
+    (version_copy / name).unlink()
+
+    with pytest.raises(ArtifactError, match=name.replace(".", r"\.")):
+        Predictor.load(version_copy)
+
+
+def test_it_refuses_metadata_that_is_not_json(version_copy: Path) -> None:
+    (version_copy / "metadata.json").write_text("{not json")
+
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        Predictor.load(version_copy)
+
+
+def test_without_verify_it_skips_checksums_but_still_checks_labels(version_copy: Path) -> None:
+    (version_copy / "model.keras").write_bytes(b"retrained elsewhere")
+    assert Predictor.load(version_copy, verify=False).labels == ["cat", "dog", "eel"]
+
+    (version_copy / "labels.json").write_text(json.dumps(["cat", "dog"]))
+    with pytest.raises(ArtifactError, match="3 outputs but labels.json names 2"):
+        Predictor.load(version_copy, verify=False)
