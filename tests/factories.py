@@ -1,0 +1,32 @@
+"""Small helpers that create rows for tests (no factory library needed at this size)."""
+
+from __future__ import annotations
+
+from webapp.models import Dataset, ModelVersion, Project, TrainingJob
+
+
+def make_project(name: str = "Flowers", slug: str | None = None) -> Project:
+    return Project.objects.create(name=name, slug=slug or name.lower().replace(" ", "-"))
+
+
+def make_dataset(project: Project, name: str = "photos", **fields) -> Dataset:
+    defaults = {
+        "source": Dataset.Source.DIRECTORY,
+        "status": Dataset.Status.READY,
+        "directory": f"datasets/{project.slug}/{name}",
+        "class_counts": {"a": 5, "b": 5},
+        "image_count": 10,
+    }
+    return Dataset.objects.create(project=project, name=name, **{**defaults, **fields})
+
+
+def make_job(project: Project, dataset: Dataset, **fields) -> TrainingJob:
+    return TrainingJob.objects.create(project=project, dataset=dataset, **fields)
+
+
+def make_version(project: Project, number: int, **fields) -> ModelVersion:
+    defaults = {
+        "directory": f"models/{project.slug}/v{number}",
+        "class_names": ["a", "b"],
+    }
+    return ModelVersion.objects.create(project=project, number=number, **{**defaults, **fields})

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from io import StringIO
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+
+@pytest.mark.django_db
+def test_it_creates_the_first_admin_once_and_prints_how_to_log_in(monkeypatch):
+    monkeypatch.delenv("GRAFT_ADMIN_PASSWORD", raising=False)
+    out = StringIO()
+    call_command("graft_run", "--no-start", stdout=out)
+    admin = User.objects.get()
+    assert admin.is_superuser and admin.username == "admin"
+    assert "Log in as 'admin' with password" in out.getvalue()
+    assert "http://localhost:8000/" in out.getvalue()
+
+    again = StringIO()
+    call_command("graft_run", "--no-start", stdout=again)
+    assert User.objects.count() == 1
+    assert "password" not in again.getvalue().split("existing account")[0].lower()
+
+
+@pytest.mark.django_db
+def test_it_takes_the_admin_credentials_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GRAFT_ADMIN_USERNAME", "root")
+    monkeypatch.setenv("GRAFT_ADMIN_PASSWORD", "s3cret-enough")
+    out = StringIO()
+    call_command("graft_run", "--no-start", stdout=out)
+    assert User.objects.get(username="root").check_password("s3cret-enough")
+    assert "s3cret-enough" not in out.getvalue()

@@ -1,0 +1,104 @@
+"""Settings come from the environment; bad values fail loudly, naming the variable."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+SETTINGS = Path(__file__).resolve().parents[2] / "webapp" / "settings.py"
+GRAFT_VARS = [
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "SECRET_KEY",
+    "DEBUG",
+    "ALLOWED_HOSTS",
+    "GRAFT_DATA_DIR",
+    "GRAFT_PORT",
+    "GRAFT_MAX_IMAGE_MB",
+    "GRAFT_TRAINING_TIME_LIMIT",
+]
+
+
+@pytest.fixture
+def load(monkeypatch, tmp_path):
+    def load(**env: str) -> dict:
+        for name in GRAFT_VARS:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("GRAFT_VAR_DIR", str(tmp_path / "var"))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return runpy.run_path(str(SETTINGS))
+
+    return load
+
+
+def test_it_has_working_one_machine_defaults(load, tmp_path):
+    s = load()
+    assert s["DATABASES"]["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    assert s["DATABASES"]["default"]["NAME"] == str(tmp_path / "var" / "graft.sqlite3")
+    assert s["CELERY_BROKER_URL"] == f"redis+socket://{tmp_path / 'var' / 'run' / 'redis.sock'}"
+    assert s["USES_EMBEDDED_REDIS"] is True
+    assert s["GRAFT_DATA_DIR"] == tmp_path / "var" / "data"
+    assert s["DEBUG"] is True
+    assert s["GRAFT_PORT"] == 8000
+
+
+def test_it_generates_a_secret_key_once_and_keeps_it(load, tmp_path):
+    first = load()["SECRET_KEY"]
+    second = load()["SECRET_KEY"]
+    assert len(first) >= 50
+    assert first == second
+    assert (tmp_path / "var" / "secret_key").read_text() == first
+    assert (tmp_path / "var" / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_it_reads_the_scale_out_configuration(load, tmp_path):
+    s = load(
+        DATABASE_URL="postgres://graft:pw@db.internal:5433/graft",
+        CELERY_BROKER_URL="redis://queue.internal:6379/2",
+        SECRET_KEY="k" * 60,
+        DEBUG="false",
+        ALLOWED_HOSTS="graft.example.com, .internal",
+        GRAFT_DATA_DIR=str(tmp_path / "shared-storage"),
+    )
+    db = s["DATABASES"]["default"]
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert (db["HOST"], db["PORT"], db["NAME"], db["USER"]) == (
+        "db.internal",
+        5433,
+        "graft",
+        "graft",
+    )
+    assert s["CELERY_BROKER_URL"] == "redis://queue.internal:6379/2"
+    assert s["CELERY_RESULT_BACKEND"] == "redis://queue.internal:6379/2"
+    assert s["USES_EMBEDDED_REDIS"] is False
+    assert s["SECRET_KEY"] == "k" * 60
+    assert s["DEBUG"] is False
+    assert s["ALLOWED_HOSTS"] == ["graft.example.com", ".internal"]
+    assert s["GRAFT_DATA_DIR"] == tmp_path / "shared-storage"
+
+
+def test_it_keeps_the_visibility_timeout_above_the_longest_job(load):
+    s = load(GRAFT_TRAINING_TIME_LIMIT="7200")
+    assert s["CELERY_TASK_TIME_LIMIT"] > 7200
+    assert s["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] > s["CELERY_TASK_TIME_LIMIT"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GRAFT_PORT", "eighty"),
+        ("GRAFT_PORT", "70000"),
+        ("DEBUG", "maybe"),
+        ("GRAFT_MAX_IMAGE_MB", "0"),
+        ("GRAFT_TRAINING_TIME_LIMIT", "1.5h"),
+        ("DATABASE_URL", "mysterydb://nowhere"),
+    ],
+)
+def test_it_names_the_variable_with_a_bad_value(load, name, value):
+    with pytest.raises(ImproperlyConfigured, match=name):
+        load(**{name: value})

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_it_reports_ok_when_database_broker_and_worker_are_up(client, start_worker):
+    start_worker(queues="default")
+    response = client.get(reverse("healthz"))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["down"] == []
+    assert body["database"]["ok"] and body["broker"]["ok"] and body["workers"]["ok"]
+    assert body["workers"]["workers"]
+
+
+def test_it_names_the_workers_as_down_when_none_answers(client, broker):
+    response = client.get(reverse("healthz"))
+    assert response.status_code == 503
+    body = response.json()
+    assert body["down"] == ["workers"]
+    assert "no worker" in body["workers"]["error"]
+
+
+def test_it_names_the_broker_as_down_when_redis_is_unreachable(client, tmp_path, monkeypatch):
+    from worker import app
+
+    monkeypatch.setattr(app.conf, "broker_url", f"redis+socket://{tmp_path}/nothing.sock")
+    monkeypatch.setattr(app.conf, "broker_write_url", None)
+    response = client.get(reverse("healthz"))
+    assert response.status_code == 503
+    body = response.json()
+    assert "broker" in body["down"]
+    assert "unreachable" in body["broker"]["error"]
+
+
+def test_it_needs_no_login_and_only_answers_get(client):
+    assert client.post(reverse("healthz")).status_code == 405

@@ -1,0 +1,1 @@
+"""Graft's Django project and its one app."""

@@ -1,0 +1,172 @@
+"""Django admin: useful lists, filters and search; audit-relevant fields read-only."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from webapp import services
+from webapp.models import (
+    ActivationEvent,
+    Dataset,
+    EpochRecord,
+    ModelVersion,
+    Prediction,
+    Project,
+    TrainingJob,
+)
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "created_by", "created_at"]
+    search_fields = ["name", "slug", "description"]
+    prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "project",
+        "status",
+        "source",
+        "image_count",
+        "total_bytes",
+        "created_at",
+    ]
+    list_filter = ["status", "source", "project"]
+    search_fields = ["name", "project__name", "fingerprint", "source_detail"]
+    readonly_fields = [
+        "fingerprint",
+        "class_counts",
+        "image_count",
+        "total_bytes",
+        "rejected",
+        "directory",
+        "created_at",
+        "updated_at",
+    ]
+
+
+class EpochRecordInline(admin.TabularInline):
+    model = EpochRecord
+    extra = 0
+    can_delete = False
+    fields = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(TrainingJob)
+class TrainingJobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "project",
+        "dataset",
+        "status",
+        "phase",
+        "epoch",
+        "attempts",
+        "created_at",
+    ]
+    list_filter = ["status", "project"]
+    search_fields = ["id", "project__name", "dataset__name", "celery_task_id", "error"]
+    date_hierarchy = "created_at"
+    inlines = [EpochRecordInline]
+    readonly_fields = [
+        "status",
+        "phase",
+        "epoch",
+        "epochs_total",
+        "batch",
+        "batches_total",
+        "progress",
+        "eta_seconds",
+        "heartbeat_at",
+        "attempts",
+        "celery_task_id",
+        "worker",
+        "dataset_fingerprint",
+        "started_at",
+        "finished_at",
+        "created_at",
+    ]
+    exclude = ["train_files", "val_files"]
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "project", "number", "is_active", "val_accuracy", "created_at"]
+    list_filter = ["is_active", "project"]
+    search_fields = ["project__name", "notes", "dataset_fingerprint"]
+    actions = ["activate_selected"]
+    readonly_fields = [
+        "project",
+        "number",
+        "job",
+        "dataset",
+        "dataset_fingerprint",
+        "directory",
+        "files",
+        "size_bytes",
+        "class_names",
+        "image_size",
+        "config",
+        "metrics",
+        "val_accuracy",
+        "val_loss",
+        "is_active",
+        "activated_at",
+        "created_at",
+    ]
+
+    @admin.action(description="Activate the selected version", permissions=["activate"])
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return
+        version = services.model_version_activate(version=queryset.get(), user=request.user)
+        self.message_user(request, f"{version} is now active.", messages.SUCCESS)
+
+    def has_activate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("webapp.manage_versions")
+
+
+@admin.register(ActivationEvent)
+class ActivationEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "project", "action", "version_number", "previous_number", "user"]
+    list_filter = ["action", "project"]
+    search_fields = ["project__name", "user__username", "note"]
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Prediction)
+class PredictionAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "project", "version_number", "label", "confidence", "source"]
+    list_filter = ["source", "project"]
+    search_fields = ["label", "corrected_label", "image_sha256", "filename"]
+    readonly_fields = [
+        "project",
+        "version",
+        "version_number",
+        "image_sha256",
+        "image",
+        "filename",
+        "top",
+        "label",
+        "confidence",
+        "latency_ms",
+        "source",
+        "user",
+        "created_at",
+    ]

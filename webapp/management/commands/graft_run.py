@@ -1,0 +1,80 @@
+"""``make run``: prepare everything, then start Redis, a worker and the web server together."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+
+class Command(BaseCommand):
+    help = "Migrate, create the first admin, then run Redis + a Celery worker + the web server."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--no-start", action="store_true", help="Prepare only; start nothing.")
+
+    def handle(self, *args: Any, no_start: bool = False, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        login = self.ensure_admin()
+        host = os.environ.get("GRAFT_HOST", "127.0.0.1")
+        shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+        url = f"http://{shown_host}:{settings.GRAFT_PORT}/"
+        processes = ["worker", "web"]
+        if settings.USES_EMBEDDED_REDIS:
+            processes.insert(0, "redis")
+        self.banner(url, login, processes)
+        if no_start:
+            return
+        honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or shutil.which(
+            "honcho"
+        )
+        if not honcho:
+            raise CommandError("honcho is not installed: run `make run` (it installs everything).")
+        env = {
+            **os.environ,
+            "GRAFT_PYTHON": sys.executable,
+            "GRAFT_HOST": host,
+            "GRAFT_PORT": str(settings.GRAFT_PORT),
+            "GRAFT_REDIS_SOCKET": str(settings.EMBEDDED_REDIS_SOCKET),
+            "GRAFT_BEAT_SCHEDULE": str(settings.VAR_DIR / "celerybeat-schedule"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        procfile = str(settings.BASE_DIR / "Procfile")
+        os.chdir(settings.BASE_DIR)
+        os.execve(honcho, [honcho, "--procfile", procfile, "start", *processes], env)
+
+    def ensure_admin(self) -> str:
+        """Create the first superuser when there is no user at all; describe how to log in."""
+        User = get_user_model()
+        username = os.environ.get("GRAFT_ADMIN_USERNAME", "admin")
+        if User.objects.exists():
+            return "Log in with an existing account (create more in the Admin pages)."
+        password = os.environ.get("GRAFT_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        User.objects.create_superuser(
+            username=username, email=os.environ.get("GRAFT_ADMIN_EMAIL", ""), password=password
+        )
+        if os.environ.get("GRAFT_ADMIN_PASSWORD"):
+            return f"Log in as {username!r} with the password from GRAFT_ADMIN_PASSWORD."
+        return (
+            f"Log in as {username!r} with password {password!r} (shown only this once; "
+            f"change it with `.venv/bin/python manage.py changepassword {username}`)."
+        )
+
+    def banner(self, url: str, login: str, processes: list[str]) -> None:
+        broker = "embedded Redis" if settings.USES_EMBEDDED_REDIS else "CELERY_BROKER_URL"
+        lines = [
+            "",
+            f"  Graft is starting at {url}",
+            f"  {login}",
+            f"  Processes: {', '.join(processes)} (broker: {broker}); Ctrl-C stops them all.",
+            "",
+        ]
+        self.stdout.write(self.style.SUCCESS("\n".join(lines)))

@@ -1,0 +1,342 @@
+"""Graft's data model: projects, datasets, training jobs, model versions, predictions.
+
+Rows are the source of truth; Celery is only transport. Status fields are TextChoices
+whose transitions happen in one service function each (``webapp/services.py``), guarded
+by conditional updates. Models carry small display helpers; no business logic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+
+class Project(models.Model):
+    """A classification problem. Everything else belongs to one."""
+
+    name = models.CharField(max_length=100)
+    slug = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [
+            ("train_models", "Can upload datasets and start training jobs"),
+            ("manage_versions", "Can activate, roll back and delete model versions"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("project_detail", args=[self.slug])
+
+    @property
+    def active_version(self) -> ModelVersion | None:
+        return self.versions.filter(is_active=True).first()
+
+
+class Dataset(models.Model):
+    """A named collection of labelled images under ``GRAFT_DATA_DIR/datasets``."""
+
+    class Source(models.TextChoices):
+        ZIP = "zip", "Zip upload"
+        UPLOAD = "upload", "Per-class upload"
+        DIRECTORY = "directory", "Server folder"
+        URL = "url", "URL import"
+        CORRECTIONS = "corrections", "Corrected predictions"
+
+    class Status(models.TextChoices):
+        IMPORTING = "importing", "Importing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="datasets")
+    name = models.CharField(max_length=100)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    source_detail = models.CharField(max_length=500, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.IMPORTING)
+    error = models.TextField(blank=True)
+    directory = models.CharField(max_length=300, help_text="Relative to GRAFT_DATA_DIR")
+    class_counts = models.JSONField(default=dict, blank=True)
+    image_count = models.PositiveIntegerField(default=0)
+    total_bytes = models.PositiveBigIntegerField(default=0)
+    fingerprint = models.CharField(max_length=64, blank=True)
+    rejected = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="dataset_name_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}/{self.name}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("dataset_detail", args=[self.project.slug, self.pk])
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.GRAFT_DATA_DIR) / self.directory
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(self.class_counts)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == self.Status.READY
+
+    @property
+    def status_badge(self) -> str:
+        return {"ready": "ok", "failed": "bad"}.get(self.status, "busy")
+
+
+class TrainingJob(models.Model):
+    """One training run: its config, live progress and outcome."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="jobs")
+    config = models.JSONField(default=dict)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    activate_on_success = models.BooleanField(default=False)
+    cancel_requested = models.BooleanField(default=False)
+    phase = models.CharField(max_length=30, blank=True)
+    epoch = models.PositiveIntegerField(default=0)
+    epochs_total = models.PositiveIntegerField(default=0)
+    batch = models.PositiveIntegerField(default=0)
+    batches_total = models.PositiveIntegerField(default=0)
+    progress = models.FloatField(default=0.0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    error = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    dataset_fingerprint = models.CharField(max_length=64, blank=True)
+    train_files = models.JSONField(default=list, blank=True)
+    val_files = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} ({self.get_status_display()})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("job_detail", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
+    def status_badge(self) -> str:
+        return {
+            "succeeded": "ok",
+            "failed": "bad",
+            "cancelled": "muted",
+        }.get(self.status, "busy")
+
+    @property
+    def percent(self) -> int:
+        return round(self.progress * 100)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.finished_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+class EpochRecord(models.Model):
+    """One finished epoch of a job; the history charts read these rows, live."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="epochs")
+    epoch = models.PositiveIntegerField()
+    phase = models.CharField(max_length=30, blank=True)
+    loss = models.FloatField(null=True)
+    accuracy = models.FloatField(null=True)
+    val_loss = models.FloatField(null=True)
+    val_accuracy = models.FloatField(null=True)
+    learning_rate = models.FloatField(null=True)
+    seconds = models.FloatField(null=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "epoch"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "epoch"], name="epoch_unique_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}#{self.epoch}"
+
+
+class ModelVersion(models.Model):
+    """A trained, exported classifier: numbered per project; at most one is active."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    job = models.OneToOneField(
+        TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="version"
+    )
+    dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="versions"
+    )
+    dataset_fingerprint = models.CharField(max_length=64, blank=True)
+    directory = models.CharField(max_length=300, help_text="Relative to GRAFT_DATA_DIR")
+    files = models.JSONField(default=dict, blank=True, help_text="name -> {sha256, bytes}")
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    class_names = models.JSONField(default=list)
+    image_size = models.PositiveIntegerField(default=224)
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    val_accuracy = models.FloatField(null=True, blank=True)
+    val_loss = models.FloatField(null=True, blank=True)
+    is_active = models.BooleanField(default=False)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    notes = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["project", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "number"], name="version_number_unique"),
+            models.UniqueConstraint(
+                fields=["project"],
+                condition=Q(is_active=True),
+                name="one_active_version_per_project",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} v{self.number}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("version_detail", args=[self.project.slug, self.number])
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.GRAFT_DATA_DIR) / self.directory
+
+    @property
+    def label(self) -> str:
+        return f"v{self.number}"
+
+
+class ActivationEvent(models.Model):
+    """Audit log: who activated, rolled back, retired or deleted which version, when."""
+
+    class Action(models.TextChoices):
+        ACTIVATE = "activate", "Activated"
+        ROLLBACK = "rollback", "Rolled back"
+        DEACTIVATE = "deactivate", "Deactivated"
+        DELETE = "delete", "Deleted"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="activations")
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+    version_number = models.PositiveIntegerField()
+    previous_number = models.PositiveIntegerField(null=True, blank=True)
+    action = models.CharField(max_length=20, choices=Action.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    note = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} v{self.version_number}"
+
+
+class Prediction(models.Model):
+    """One classified photo: who asked, which version answered, and what it said."""
+
+    class Source(models.TextChoices):
+        WEB = "web", "Web page"
+        API = "api", "API"
+        BATCH = "batch", "Batch job"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="predictions")
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"
+    )
+    version_number = models.PositiveIntegerField()
+    image_sha256 = models.CharField(max_length=64, db_index=True)
+    image = models.FileField(upload_to="predictions/%Y/%m/%d", blank=True)
+    filename = models.CharField(max_length=255, blank=True)
+    top = models.JSONField(default=list, help_text="[{label, confidence}, ...] best first")
+    label = models.CharField(max_length=200)
+    confidence = models.FloatField()
+    latency_ms = models.FloatField()
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    corrected_label = models.CharField(max_length=200, blank=True)
+    corrected_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    corrected_at = models.DateTimeField(null=True, blank=True)
+    added_to_dataset = models.ForeignKey(
+        Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.confidence:.0%})"
+
+    @property
+    def is_corrected(self) -> bool:
+        return bool(self.corrected_label)

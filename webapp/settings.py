@@ -1,0 +1,247 @@
+"""Graft's settings: everything comes from the environment, in this one file.
+
+Every value has a default that works on one machine with nothing installed (SQLite and
+the embedded Redis under ``var/``). Scaling out is a matter of setting ``DATABASE_URL``,
+``CELERY_BROKER_URL`` and ``GRAFT_DATA_DIR`` (see README). A malformed value raises
+``ImproperlyConfigured`` naming the variable, at start-up rather than mid-request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_path(name: str, default: Path) -> Path:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (BASE_DIR / path)
+
+
+def _secret_key(var_dir: Path) -> str:
+    """SECRET_KEY from the environment, else one generated once and kept under var/."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    key_file = var_dir / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def _database(url: str) -> dict:
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except Exception as exc:  # dj-database-url raises several kinds
+        raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
+    if not config.get("ENGINE"):
+        raise ImproperlyConfigured(f"DATABASE_URL names an unknown database: {url!r}")
+    if config["ENGINE"].endswith("sqlite3"):
+        # Several processes (web, worker) share the file: wait for locks instead of failing.
+        config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+        config["CONN_MAX_AGE"] = 0
+        config["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+    return config
+
+
+# --- Core ---------------------------------------------------------------------------
+
+VAR_DIR = env_path("GRAFT_VAR_DIR", BASE_DIR / "var")
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = _secret_key(VAR_DIR)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+GRAFT_PORT = env_int("GRAFT_PORT", 8000, minimum=1)
+if GRAFT_PORT > 65535:
+    raise ImproperlyConfigured(f"GRAFT_PORT must be a TCP port (1-65535), got {GRAFT_PORT}")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "webapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "webapp.urls"
+WSGI_APPLICATION = "webapp.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": _database(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'graft.sqlite3'}"),
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_URL = "media/"
+
+# --- Graft's data -------------------------------------------------------------------
+
+# Datasets, model versions and the feature cache live here; on several machines this
+# must be storage that every web and worker process sees at the same path.
+GRAFT_DATA_DIR = env_path("GRAFT_DATA_DIR", VAR_DIR / "data")
+MEDIA_ROOT = GRAFT_DATA_DIR / "media"
+GRAFT_MAX_IMAGE_MB = env_int("GRAFT_MAX_IMAGE_MB", 20, minimum=1)
+GRAFT_MAX_ZIP_MB = env_int("GRAFT_MAX_ZIP_MB", 2048, minimum=1)
+GRAFT_MAX_ZIP_FILES = env_int("GRAFT_MAX_ZIP_FILES", 100_000, minimum=1)
+GRAFT_MAX_UNZIPPED_MB = env_int("GRAFT_MAX_UNZIPPED_MB", 8192, minimum=1)
+GRAFT_IMPORT_ROOTS = [Path(p) for p in env_list("GRAFT_IMPORT_ROOTS", [])]
+DATA_UPLOAD_MAX_MEMORY_SIZE = GRAFT_MAX_IMAGE_MB * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FILES = env_int("GRAFT_MAX_UPLOAD_FILES", 1000, minimum=1)
+
+# --- Celery (the job queue; the database row stays the source of truth) -------------
+
+# The embedded Redis (`make run`) listens on a Unix socket under var/.
+EMBEDDED_REDIS_SOCKET = VAR_DIR / "run" / "redis.sock"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"redis+socket://{EMBEDDED_REDIS_SOCKET}")
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+USES_EMBEDDED_REDIS = "CELERY_BROKER_URL" not in os.environ
+# The longest a training job may run; Redis's visibility timeout must exceed it, or an
+# unacknowledged (late-ack) job would be delivered to a second worker while it runs.
+GRAFT_TRAINING_TIME_LIMIT = env_int("GRAFT_TRAINING_TIME_LIMIT", 6 * 3600, minimum=60)
+GRAFT_HEARTBEAT_TIMEOUT = env_int("GRAFT_HEARTBEAT_TIMEOUT", 120, minimum=5)
+GRAFT_JOB_MAX_ATTEMPTS = env_int("GRAFT_JOB_MAX_ATTEMPTS", 3, minimum=1)
+GRAFT_RECONCILE_INTERVAL = env_int("GRAFT_RECONCILE_INTERVAL", 60, minimum=1)
+
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"worker.tasks.train_job": {"queue": "training"}}
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_SOFT_TIME_LIMIT = GRAFT_TRAINING_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = GRAFT_TRAINING_TIME_LIMIT + 300
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": GRAFT_TRAINING_TIME_LIMIT + 3600}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = CELERY_BROKER_TRANSPORT_OPTIONS
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_SEND_SENT_EVENT = True
+
+# --- API -----------------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Graft API",
+    "DESCRIPTION": "Train, version and serve transfer-learning image classifiers.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Logging -------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}

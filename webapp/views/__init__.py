@@ -1,0 +1,1 @@
+"""Views: thin functions that validate a form, call one service and redirect."""
