@@ -340,3 +340,62 @@ class Prediction(models.Model):
     @property
     def is_corrected(self) -> bool:
         return bool(self.corrected_label)
+
+
+class BatchClassification(models.Model):
+    """Many photos (a zip or several files) classified in the background by one version.
+
+    The uploaded input and the results (``results.csv``, ``results.json``) live under
+    ``GRAFT_DATA_DIR/batches/<id>/``; ``done`` and ``total`` are the progress pages poll.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="batches")
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="batches"
+    )
+    version_number = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True
+    )
+    directory = models.CharField(max_length=300, help_text="Relative to GRAFT_DATA_DIR")
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Batch {self.pk} ({self.get_status_display()})"
+
+    @property
+    def path(self) -> Path:
+        return Path(settings.GRAFT_DATA_DIR) / self.directory
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.done / self.total) if self.total else 0
+
+    @property
+    def status_badge(self) -> str:
+        return {"succeeded": "ok", "failed": "bad"}.get(self.status, "busy")
