@@ -680,3 +680,80 @@ def training_job_succeed(
             os.rename(final, staged_dir)
             raise
     return version
+
+
+def training_jobs_reconcile(*, now: Any = None) -> dict[str, list[int]]:
+    """Find jobs that a dead worker or a lost broker message left behind, and fix them.
+
+    - running, heartbeat older than ``GRAFT_HEARTBEAT_TIMEOUT``: back to queued and
+      re-enqueued (it resumes from its last per-epoch checkpoint) while attempts remain,
+      else failed with a message saying so;
+    - queued for longer than the timeout and not waiting in the broker: re-enqueued.
+    Re-enqueuing is safe because claims are conditional: a duplicate message does nothing.
+    """
+    from datetime import timedelta
+
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT)
+    report: dict[str, list[int]] = {"requeued": [], "failed": [], "reenqueued": []}
+    stale = TrainingJob.objects.filter(
+        status=TrainingJob.Status.RUNNING, heartbeat_at__lt=stale_before
+    )
+    for job in stale:
+        if job.cancel_requested:
+            TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
+                status=TrainingJob.Status.CANCELLED,
+                finished_at=now,
+                error="Cancelled; its worker stopped before it could finish.",
+            )
+        elif job.attempts < job.max_attempts:
+            if TrainingJob.objects.filter(
+                pk=job.pk, status=TrainingJob.Status.RUNNING, heartbeat_at__lt=stale_before
+            ).update(
+                status=TrainingJob.Status.QUEUED,
+                phase="requeued",
+                error=f"Attempt {job.attempts} was lost (its worker stopped answering); retrying.",
+            ):
+                report["requeued"].append(job.pk)
+                transaction.on_commit(partial(_enqueue_training, job.pk))
+        elif TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
+            status=TrainingJob.Status.FAILED,
+            finished_at=now,
+            eta_seconds=None,
+            error=f"The worker running this job stopped answering on each of its "
+            f"{job.attempts} attempts (last heartbeat {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC). "
+            "Check the worker machines' memory and logs, then start the job again.",
+        ):
+            report["failed"].append(job.pk)
+    waiting = TrainingJob.objects.filter(
+        status=TrainingJob.Status.QUEUED,
+        cancel_requested=False,
+        created_at__lt=stale_before,
+    ).exclude(pk__in=report["requeued"])
+    if waiting.exists():
+        known = _broker_task_ids()
+        for job in waiting:
+            if known is not None and job.celery_task_id and job.celery_task_id in known:
+                continue
+            report["reenqueued"].append(job.pk)
+            transaction.on_commit(partial(_enqueue_training, job.pk))
+    return report
+
+
+def _broker_task_ids() -> set[str] | None:
+    """Task ids waiting in, or reserved from, the Redis ``training`` queue (None: unknown)."""
+    from worker import app
+
+    try:
+        with app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            ids: set[str] = set()
+            for raw in client.lrange("training", 0, -1):
+                ids.add(json.loads(raw)["headers"]["id"])
+            for raw in client.hvals("unacked"):
+                message = json.loads(raw)[0]
+                ids.add(message["headers"]["id"])
+            return ids
+    except Exception:
+        log.warning("Could not list the broker's queued tasks", exc_info=True)
+        return None

@@ -1,14 +1,203 @@
-"""Celery tasks. Arguments are ids; rows are the source of truth."""
+"""Celery tasks. Arguments are ids; rows are the source of truth.
+
+Task bodies are short: claim the row, call ``classifier``, persist through
+``webapp.services``. TensorFlow is imported inside ``train_job`` only, so importing this
+module (to enqueue) stays light, and the worker's parent process never loads it before
+forking its children.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+
+from webapp import services
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(name="worker.tasks.ping")
 def ping() -> dict:
     """A round-trip check: answers which worker process ran it."""
     return {"pong": True, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+@shared_task(name="worker.tasks.import_dataset", acks_late=True)
+def import_dataset(dataset_id: int) -> str:
+    """Extract/copy/download a dataset's images and mark it ready or failed."""
+    dataset = services.dataset_run_import(dataset_id=dataset_id)
+    return dataset.status
+
+
+# --- Training ---------------------------------------------------------------------------
+
+
+class _Heartbeat(threading.Thread):
+    """Beats every few seconds while the task runs, also through long silent phases
+    (loading weights, converting to TFLite) that report no batches."""
+
+    def __init__(self, job_id: int, interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.job_id = job_id
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.cancel_requested = threading.Event()
+
+    def run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stopped.wait(self.interval):
+                if services.training_job_progress(job_id=self.job_id):
+                    self.cancel_requested.set()
+        except Exception:  # the database went away: the reconcile will notice
+            log.exception("Heartbeat of job %s failed", self.job_id)
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+
+def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any:
+    """Callbacks that write progress (at most once a second), epochs and cancel checks."""
+    from classifier.train import TrainCallbacks
+
+    class JobCallbacks(TrainCallbacks):
+        def __init__(self) -> None:
+            self.last_write = 0.0
+            self.phase = "starting"
+            self.started = time.monotonic()
+            self.epoch_started = time.monotonic()
+            self.cancelled = False
+
+        def on_phase(self, phase: str, detail: dict) -> None:
+            self.phase = phase
+            self._write(force=True, phase=phase)
+
+        def on_batch(self, epoch: int, batch: int, batches: int) -> None:
+            fraction = self._fraction(epoch, batch, batches)
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / fraction * (1 - fraction) if fraction > 0.02 else None
+            self._write(
+                epoch=epoch,
+                batch=batch,
+                batches_total=batches,
+                progress=fraction,
+                eta_seconds=eta,
+            )
+
+        def on_epoch(self, epoch: int, logs: dict) -> None:
+            services.training_job_record_epoch(job_id=job_id, epoch=epoch, logs=logs)
+            self._write(force=True, epoch=epoch, progress=self._fraction(epoch, 1, 1))
+
+        def should_stop(self) -> bool:
+            return self.cancelled or heartbeat.cancel_requested.is_set()
+
+        def _fraction(self, epoch: int, batch: int, batches: int) -> float:
+            if self.phase == "extracting" or epoch == 0:
+                # Extraction is the bulk of a cached run's time: count it as the first 60 %.
+                return 0.6 * batch / max(batches, 1)
+            done = (epoch - 1 + batch / max(batches, 1)) / max(epochs_total, 1)
+            return min(0.99, done)
+
+        def _write(self, *, force: bool = False, **fields: Any) -> None:
+            now = time.monotonic()
+            if not force and now - self.last_write < 1.0:
+                return
+            self.last_write = now
+            if services.training_job_progress(job_id=job_id, phase=self.phase, **fields):
+                self.cancelled = True
+
+    return JobCallbacks()
+
+
+def _staging_dir(job_id: int, attempt: int) -> Path:
+    return Path(settings.GRAFT_DATA_DIR) / "models" / ".staging" / f"job-{job_id}-{attempt}"
+
+
+def _checkpoint_dir(job_id: int) -> Path:
+    return Path(settings.GRAFT_DATA_DIR) / "checkpoints" / f"job-{job_id}"
+
+
+@shared_task(
+    bind=True,
+    name="worker.tasks.train_job",
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def train_job(self: Any, job_id: int) -> str:
+    """Claim the job, train, export, and persist the new version (or the failure)."""
+    job = services.training_job_claim(job_id=job_id, worker=self.request.hostname or "")
+    if job is None:
+        return "skipped: not queued (already claimed, finished or cancelled)"
+    from classifier.config import TrainConfig
+    from classifier.errors import ClassifierError, TrainingCancelled
+    from classifier.train import train
+
+    config = TrainConfig.from_dict(job.config)
+    heartbeat = _Heartbeat(job_id, interval=max(1.0, settings.GRAFT_HEARTBEAT_TIMEOUT / 6))
+    heartbeat.start()
+    staged = _staging_dir(job_id, job.attempts)
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    checkpoints = _checkpoint_dir(job_id)
+    try:
+        result = train(
+            job.dataset.path,
+            config,
+            out_dir=staged,
+            cache_dir=Path(settings.GRAFT_DATA_DIR) / "cache",
+            checkpoint_dir=checkpoints,
+            callbacks=_job_callbacks(job_id, heartbeat, job.epochs_total),
+        )
+        heartbeat.stop()
+        version = services.training_job_succeed(
+            job_id=job_id, staged_dir=staged, result=result.to_dict()
+        )
+    except TrainingCancelled:
+        services.training_job_mark_cancelled(job_id=job_id)
+        outcome = "cancelled"
+    except ClassifierError as exc:
+        log.warning("Job %s failed: %s", job_id, exc)
+        services.training_job_fail(job_id=job_id, error=str(exc))
+        outcome = "failed"
+    except SoftTimeLimitExceeded:
+        services.training_job_fail(
+            job_id=job_id,
+            error=f"The job ran longer than the limit of {settings.GRAFT_TRAINING_TIME_LIMIT} s "
+            "(GRAFT_TRAINING_TIME_LIMIT) and was stopped.",
+        )
+        outcome = "failed"
+    except Exception as exc:
+        log.exception("Job %s failed unexpectedly", job_id)
+        services.training_job_fail(
+            job_id=job_id,
+            error=f"Training failed unexpectedly: {type(exc).__name__}: {exc}. "
+            "The worker log has the details.",
+        )
+        outcome = "failed"
+    else:
+        outcome = f"succeeded: v{version.number}" if version else "finished after cancel"
+    finally:
+        heartbeat.stop()
+        shutil.rmtree(staged, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return outcome
+
+
+@shared_task(name="worker.tasks.reconcile_jobs")
+def reconcile_jobs() -> dict:
+    """Requeue jobs whose worker died and re-enqueue queued jobs the broker lost."""
+    return services.training_jobs_reconcile()
