@@ -6,18 +6,26 @@ Status transitions are conditional updates, so two callers racing cannot both wi
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
+import zipfile
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max
@@ -25,13 +33,16 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from classifier.config import TrainConfig
-from classifier.errors import DatasetError
+from classifier.errors import ClassifierError, DatasetError, InvalidImageError
+from classifier.images import SUPPORTED_SUFFIXES
 from webapp import dataset_files
 from webapp.models import (
     ActivationEvent,
+    BatchClassification,
     Dataset,
     EpochRecord,
     ModelVersion,
+    Prediction,
     Project,
     TrainingJob,
 )
@@ -757,3 +768,455 @@ def _broker_task_ids() -> set[str] | None:
     except Exception:
         log.warning("Could not list the broker's queued tasks", exc_info=True)
         return None
+
+
+# --- Predictions and batch classification ---------------------------------------------
+
+BATCH_CHUNK = 32
+BATCH_TOP_K = 3
+
+
+class UploadTooLarge(Exception):
+    """An upload is over its size limit (a photo: GRAFT_MAX_IMAGE_MB; a zip: GRAFT_MAX_ZIP_MB)."""
+
+
+def max_image_bytes() -> int:
+    return settings.GRAFT_MAX_IMAGE_MB * 2**20
+
+
+def prediction_create(
+    *,
+    project: Project,
+    image: bytes,
+    filename: str = "",
+    user: AbstractBaseUser | None = None,
+    source: str = Prediction.Source.WEB,
+    top_k: int = 5,
+) -> Prediction:
+    """Classify one photo with the project's active version and log the answer.
+
+    The photo itself is stored only when ``GRAFT_KEEP_PREDICTION_IMAGES`` is on; its
+    sha256 always is. ``latency_ms`` is decoding plus inference, as the caller waited.
+
+    Raises:
+        UploadTooLarge: the photo is over ``GRAFT_MAX_IMAGE_MB``.
+        NoActiveVersion: no version of the project is active.
+        classifier.errors.InvalidImageError: not an image, damaged, or too many pixels.
+        classifier.errors.ArtifactError: the active version's files are damaged.
+    """
+    from webapp.predictor import served_version
+
+    if len(image) > max_image_bytes():
+        raise UploadTooLarge(
+            f"The photo is {len(image) / 2**20:.1f} MB; the limit is "
+            f"{settings.GRAFT_MAX_IMAGE_MB} MB."
+        )
+    served = served_version(project.pk)
+    if served is None:
+        raise NoActiveVersion(
+            f"Project “{project.name}” has no active model version; train or activate one."
+        )
+    started = time.perf_counter()
+    top = served.predictor.predict(image, top_k=top_k)
+    latency_ms = (time.perf_counter() - started) * 1000
+    digest = hashlib.sha256(image).hexdigest()
+    prediction = Prediction(
+        project=project,
+        version_id=served.version_id,
+        version_number=served.number,
+        image_sha256=digest,
+        filename=Path(filename).name[:255],
+        top=top,
+        label=top[0]["label"],
+        confidence=top[0]["confidence"],
+        latency_ms=latency_ms,
+        source=source,
+        user=user if user is not None and user.is_authenticated else None,
+    )
+    if settings.GRAFT_KEEP_PREDICTION_IMAGES:
+        suffix = Path(filename).suffix.lower()
+        suffix = suffix if suffix in SUPPORTED_SUFFIXES else ".img"
+        prediction.image.save(f"{digest[:32]}{suffix}", ContentFile(image), save=False)
+    prediction.save()
+    return prediction
+
+
+def prediction_correct(
+    *, prediction: Prediction, label: str, user: AbstractBaseUser | None = None
+) -> Prediction:
+    """Record a person's correction (the right class name) for a prediction.
+
+    Raises:
+        ValidationError: the label could not be a class folder name.
+    """
+    try:
+        label = dataset_files.validate_class_name(label)
+    except dataset_files.ImportRefused as exc:
+        raise ValidationError({"label": str(exc)}) from None
+    Prediction.objects.filter(pk=prediction.pk).update(
+        corrected_label=label,
+        corrected_by=user if user is not None and user.is_authenticated else None,
+        corrected_at=timezone.now(),
+    )
+    prediction.refresh_from_db()
+    return prediction
+
+
+def prediction_add_to_dataset(
+    *, prediction: Prediction, dataset: Dataset, user: AbstractBaseUser | None = None
+) -> Prediction:
+    """Copy a kept photo into ``dataset`` under its corrected (else predicted) label.
+
+    Raises:
+        ValidationError: the photo was not kept (``GRAFT_KEEP_PREDICTION_IMAGES`` off when
+            it was classified), the dataset is another project's or not ready, or the
+            prediction was already added to a dataset.
+    """
+    if dataset.project_id != prediction.project_id:
+        raise ValidationError({"dataset": "That dataset belongs to another project."})
+    if dataset.status != Dataset.Status.READY:
+        raise ValidationError({"dataset": f"The dataset is {dataset.get_status_display()}."})
+    if not prediction.image:
+        raise ValidationError(
+            "The photo was not kept (GRAFT_KEEP_PREDICTION_IMAGES was off when it was "
+            "classified), so it cannot be added to a dataset; upload it to the dataset instead."
+        )
+    if prediction.added_to_dataset_id is not None:
+        raise ValidationError("This photo was already added to a dataset.")
+    try:
+        with prediction.image.open("rb") as handle:
+            data = handle.read()
+    except OSError:
+        raise ValidationError("The kept photo is missing from storage.") from None
+    label = prediction.corrected_label or prediction.label
+    name = f"prediction-{prediction.pk}{Path(prediction.image.name).suffix}"
+    dataset_add_images(dataset=dataset, class_name=label, files=[(name, data)], user=user)
+    Prediction.objects.filter(pk=prediction.pk).update(added_to_dataset=dataset)
+    prediction.refresh_from_db()
+    return prediction
+
+
+def predictions_prune(*, now: datetime | None = None) -> dict[str, int]:
+    """Delete predictions and finished batches older than GRAFT_PREDICTION_RETENTION_DAYS.
+
+    Kept photos and batch folders go with their rows. Returns what was deleted; does
+    nothing when the retention is 0 (keep forever).
+    """
+    days = settings.GRAFT_PREDICTION_RETENTION_DAYS
+    if days <= 0:
+        return {"predictions": 0, "batches": 0}
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    deleted = 0
+    while True:
+        chunk = list(
+            Prediction.objects.filter(created_at__lt=cutoff).values_list("pk", "image")[:1000]
+        )
+        if not chunk:
+            break
+        Prediction.objects.filter(pk__in=[pk for pk, _ in chunk]).delete()
+        for _, name in chunk:
+            if name:
+                default_storage.delete(name)
+        deleted += len(chunk)
+    batches = list(
+        BatchClassification.objects.filter(
+            created_at__lt=cutoff, status__in=BatchClassification.FINISHED
+        )
+    )
+    for batch in batches:
+        batch.delete()
+        shutil.rmtree(batch.path, ignore_errors=True)
+    return {"predictions": deleted, "batches": len(batches)}
+
+
+def batch_create(
+    *,
+    project: Project,
+    files: list[UploadedFile],
+    user: AbstractBaseUser | None = None,
+    check_queue: bool = True,
+) -> BatchClassification:
+    """Store photos (one zip, or several image files) and enqueue their classification.
+
+    The version active now classifies all of them, even if another is activated meanwhile.
+
+    Raises:
+        ValidationError: no files, not a readable zip, or no photos in it.
+        UploadTooLarge: a photo over GRAFT_MAX_IMAGE_MB, a zip over GRAFT_MAX_ZIP_MB, or
+            one that unpacks to more than GRAFT_MAX_UNZIPPED_MB / GRAFT_MAX_ZIP_FILES.
+        NoActiveVersion: nothing is active to classify with.
+        QueueUnavailable: the broker is down or no worker answers.
+    """
+    if not files:
+        raise ValidationError({"files": "Send a zip of photos or one or more photos."})
+    version = ModelVersion.objects.filter(project=project, is_active=True).first()
+    if version is None:
+        raise NoActiveVersion(
+            f"Project “{project.name}” has no active model version; train or activate one."
+        )
+    is_zip = len(files) == 1 and _is_zip_upload(files[0])
+    if is_zip:
+        if files[0].size > settings.GRAFT_MAX_ZIP_MB * 2**20:
+            raise UploadTooLarge(f"The zip is over the {settings.GRAFT_MAX_ZIP_MB} MB limit.")
+        total = _zip_photo_count(files[0])
+    else:
+        for upload in files:
+            if upload.size > max_image_bytes():
+                raise UploadTooLarge(
+                    f"{upload.name} is over the {settings.GRAFT_MAX_IMAGE_MB} MB limit."
+                )
+        total = len(files)
+    if check_queue:
+        _check_queue()
+    with transaction.atomic():
+        batch = BatchClassification.objects.create(
+            project=project,
+            version=version,
+            version_number=version.number,
+            total=total,
+            created_by=user if user is not None and user.is_authenticated else None,
+        )
+        batch.directory = f"batches/{batch.pk}"
+        batch.save(update_fields=["directory"])
+        _write_batch_inputs(batch.path, files, is_zip=is_zip)
+        transaction.on_commit(partial(_enqueue_batch, batch.pk))
+    return batch
+
+
+def batch_run(*, batch_id: int) -> BatchClassification | None:
+    """Classify a queued batch (called by the worker); ``None`` if another worker has it.
+
+    Writes ``results.csv`` and ``results.json`` (one row per file, in upload order, with
+    an ``error`` for files that are not readable photos), logs every answer as a
+    ``Prediction`` (source "batch", hash only) and updates ``done``/``failed`` per chunk.
+    """
+    from classifier.serving import Predictor
+
+    claimed = BatchClassification.objects.filter(
+        pk=batch_id, status=BatchClassification.Status.QUEUED
+    ).update(status=BatchClassification.Status.RUNNING, started_at=timezone.now())
+    if claimed != 1:
+        return None
+    batch = BatchClassification.objects.select_related("project", "version").get(pk=batch_id)
+    try:
+        if batch.version is None:
+            raise ClassifierError("The version this batch was started with has been deleted.")
+        predictor = Predictor.load(batch.version.path)
+        with _BatchResults(batch) as results:
+            for chunk in _chunks(_batch_inputs(batch.path), BATCH_CHUNK):
+                _classify_chunk(batch, predictor, chunk, results)
+    except ClassifierError as exc:
+        _batch_finish(batch, BatchClassification.Status.FAILED, str(exc))
+    except Exception as exc:
+        log.exception("Batch %s failed", batch_id)
+        _batch_finish(batch, BatchClassification.Status.FAILED, f"Unexpected error: {exc}")
+    else:
+        _batch_finish(batch, BatchClassification.Status.SUCCEEDED)
+    batch.refresh_from_db()
+    return batch
+
+
+def _is_zip_upload(upload: UploadedFile) -> bool:
+    upload.seek(0)
+    try:
+        return zipfile.is_zipfile(upload)
+    finally:
+        upload.seek(0)
+
+
+def _zip_entries(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    """Photo entries of a zip, in archive order (folders, hidden and junk files skipped)."""
+    entries = []
+    for info in archive.infolist():
+        parts = PurePosixPath(info.filename).parts
+        if info.is_dir() or not parts or any(p.startswith(".") for p in parts):
+            continue
+        if "__MACOSX" in parts or PurePosixPath(info.filename).suffix.lower() not in (
+            SUPPORTED_SUFFIXES
+        ):
+            continue
+        entries.append(info)
+    return entries
+
+
+def _zip_photo_count(upload: UploadedFile) -> int:
+    try:
+        with zipfile.ZipFile(upload) as archive:
+            entries = _zip_entries(archive)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValidationError({"files": f"The zip cannot be read: {exc}"}) from None
+    finally:
+        upload.seek(0)
+    if not entries:
+        raise ValidationError({"files": "The zip holds no photos (JPEG, PNG, BMP, WebP, GIF)."})
+    if len(entries) > settings.GRAFT_MAX_ZIP_FILES:
+        raise UploadTooLarge(
+            f"The zip holds {len(entries)} photos; the limit is {settings.GRAFT_MAX_ZIP_FILES}."
+        )
+    if sum(info.file_size for info in entries) > settings.GRAFT_MAX_UNZIPPED_MB * 2**20:
+        raise UploadTooLarge(f"The zip unpacks to over {settings.GRAFT_MAX_UNZIPPED_MB} MB.")
+    return len(entries)
+
+
+def _write_batch_inputs(folder: Path, files: list[UploadedFile], *, is_zip: bool) -> None:
+    inputs = folder / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    if is_zip:
+        targets = [(files[0], folder / "input.zip")]
+    else:
+        targets = [
+            (upload, inputs / f"{i:06d}-{Path(upload.name or 'photo').name[:100]}")
+            for i, upload in enumerate(files)
+        ]
+    for upload, target in targets:
+        upload.seek(0)
+        with open(target, "wb") as handle:
+            for block in upload.chunks():
+                handle.write(block)
+
+
+def _batch_inputs(folder: Path) -> Iterator[tuple[str, bytes | str]]:
+    """``(file name, bytes)`` per photo, or ``(file name, reason)`` for one that is refused."""
+    limit = max_image_bytes()
+    archive_path = folder / "input.zip"
+    if archive_path.exists():
+        with zipfile.ZipFile(archive_path) as archive:
+            for info in _zip_entries(archive):
+                if info.file_size > limit:
+                    yield info.filename, f"over the {settings.GRAFT_MAX_IMAGE_MB} MB limit"
+                    continue
+                try:
+                    with archive.open(info) as handle:
+                        data = handle.read(limit + 1)  # Never trust the declared size.
+                except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                    yield info.filename, f"cannot be unpacked: {exc}"
+                    continue
+                if len(data) > limit:
+                    yield info.filename, f"over the {settings.GRAFT_MAX_IMAGE_MB} MB limit"
+                else:
+                    yield info.filename, data
+        return
+    for path in sorted((folder / "inputs").iterdir()):
+        yield path.name.split("-", 1)[-1], path.read_bytes()
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _classify_chunk(
+    batch: BatchClassification,
+    predictor: Any,
+    chunk: list[tuple[str, bytes | str]],
+    results: _BatchResults,
+) -> None:
+    import numpy as np
+
+    from classifier.images import load_image
+
+    rows: list[dict[str, Any]] = []
+    pixels, ok_rows, digests = [], [], []
+    for name, payload in chunk:
+        row: dict[str, Any] = {"file": name, "label": None, "confidence": None, "top": []}
+        rows.append(row)
+        if isinstance(payload, str):
+            row["error"] = payload
+            continue
+        try:
+            pixels.append(load_image(payload, predictor.image_size))
+        except InvalidImageError as exc:
+            row["error"] = str(exc)
+            continue
+        row["error"] = None
+        ok_rows.append(row)
+        digests.append(hashlib.sha256(payload).hexdigest())
+    if pixels:
+        started = time.perf_counter()
+        probabilities = predictor.predict_array(np.stack(pixels))
+        latency_ms = (time.perf_counter() - started) * 1000 / len(pixels)
+        for row, probs in zip(ok_rows, probabilities, strict=True):
+            row["top"] = _top_k(predictor.labels, probs, BATCH_TOP_K)
+            row["label"], row["confidence"] = row["top"][0]["label"], row["top"][0]["confidence"]
+        Prediction.objects.bulk_create(
+            Prediction(
+                project_id=batch.project_id,
+                version_id=batch.version_id,
+                version_number=batch.version_number,
+                image_sha256=digest,
+                filename=Path(row["file"]).name[:255],
+                top=row["top"],
+                label=row["label"],
+                confidence=row["confidence"],
+                latency_ms=latency_ms,
+                source=Prediction.Source.BATCH,
+                user_id=batch.created_by_id,
+            )
+            for row, digest in zip(ok_rows, digests, strict=True)
+        )
+    results.write(rows)
+    BatchClassification.objects.filter(
+        pk=batch.pk, status=BatchClassification.Status.RUNNING
+    ).update(done=F("done") + len(rows), failed=F("failed") + len(rows) - len(ok_rows))
+
+
+def _top_k(labels: list[str], probs: Any, k: int) -> list[dict[str, Any]]:
+    order = sorted(range(len(labels)), key=lambda i: -float(probs[i]))[:k]
+    return [{"label": labels[i], "confidence": float(probs[i])} for i in order]
+
+
+class _BatchResults:
+    """Streams result rows to ``results.csv`` and ``results.json``, moved in at the end."""
+
+    def __init__(self, batch: BatchClassification) -> None:
+        self.batch = batch
+        self.folder = batch.path
+        self._first = True
+
+    def __enter__(self) -> _BatchResults:
+        self._csv_file = open(self.folder / "results.csv.tmp", "w", newline="")  # noqa: SIM115
+        self._json_file = open(self.folder / "results.json.tmp", "w")  # noqa: SIM115
+        self._csv = csv.writer(self._csv_file)
+        self._csv.writerow(["file", "label", "confidence", "top", "error"])
+        head = {
+            "batch": self.batch.pk,
+            "project": self.batch.project.slug,
+            "version": self.batch.version_number,
+        }
+        self._json_file.write(json.dumps(head)[:-1] + ', "results": [\n')
+        return self
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            top = " | ".join(f"{t['label']}={t['confidence']:.4f}" for t in row["top"])
+            confidence = "" if row["confidence"] is None else f"{row['confidence']:.6f}"
+            self._csv.writerow([row["file"], row["label"] or "", confidence, top, row["error"]])
+            self._json_file.write(("" if self._first else ",\n") + json.dumps(row))
+            self._first = False
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self._json_file.write("\n]}\n")
+        self._csv_file.close()
+        self._json_file.close()
+        if kind is None:
+            os.replace(self.folder / "results.csv.tmp", self.folder / "results.csv")
+            os.replace(self.folder / "results.json.tmp", self.folder / "results.json")
+
+
+def _batch_finish(batch: BatchClassification, status: str, error: str = "") -> None:
+    BatchClassification.objects.filter(
+        pk=batch.pk, status=BatchClassification.Status.RUNNING
+    ).update(status=status, error=error, finished_at=timezone.now())
+
+
+def _enqueue_batch(batch_id: int) -> None:
+    from worker.tasks import classify_batch
+
+    result = classify_batch.apply_async(args=[batch_id], queue="default")
+    BatchClassification.objects.filter(pk=batch_id).update(celery_task_id=result.id)

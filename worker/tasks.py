@@ -201,3 +201,16 @@ def train_job(self: Any, job_id: int) -> str:
 def reconcile_jobs() -> dict:
     """Requeue jobs whose worker died and re-enqueue queued jobs the broker lost."""
     return services.training_jobs_reconcile()
+
+
+@shared_task(name="worker.tasks.classify_batch", acks_late=True)
+def classify_batch(batch_id: int) -> str:
+    """Classify an uploaded batch of photos with the version it was started with."""
+    batch = services.batch_run(batch_id=batch_id)
+    return "skipped" if batch is None else batch.status
+
+
+@shared_task(name="worker.tasks.prune_predictions")
+def prune_predictions() -> dict:
+    """Enforce GRAFT_PREDICTION_RETENTION_DAYS on the prediction log and batch results."""
+    return services.predictions_prune()
