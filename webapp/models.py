@@ -106,6 +106,15 @@ class Dataset(models.Model):
     def status_badge(self) -> str:
         return {"ready": "ok", "failed": "bad"}.get(self.status, "busy")
 
+    @property
+    def is_importing(self) -> bool:
+        return self.status == self.Status.IMPORTING
+
+    @property
+    def class_rows(self) -> list[tuple[str, int]]:
+        """(class name, image count), alphabetical, for tables."""
+        return [(name, self.class_counts[name]) for name in self.class_names]
+
 
 class TrainingJob(models.Model):
     """One training run: its config, live progress and outcome."""
@@ -187,6 +196,22 @@ class TrainingJob(models.Model):
         end = self.finished_at or timezone.now()
         return (end - self.started_at).total_seconds()
 
+    @property
+    def eta_text(self) -> str:
+        """Time left as "1 min 05 s"; "" when unknown or finished."""
+        if self.eta_seconds is None or not self.is_active:
+            return ""
+        minutes, seconds = divmod(round(self.eta_seconds), 60)
+        return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+    @property
+    def phase_label(self) -> str:
+        return self.phase.replace("_", " ").capitalize() if self.phase else ""
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.is_active and not self.cancel_requested
+
 
 class EpochRecord(models.Model):
     """One finished epoch of a job; the history charts read these rows, live."""
@@ -263,6 +288,65 @@ class ModelVersion(models.Model):
     def label(self) -> str:
         return f"v{self.number}"
 
+    DOWNLOADS = ("model.keras", "model.tflite", "labels.json", "metadata.json")
+
+    @property
+    def downloads(self) -> list[tuple[str, int]]:
+        """(file name, bytes) of the artifacts present on disk, in a fixed order."""
+        out = []
+        for name in self.DOWNLOADS:
+            file = self.path / name
+            if file.is_file():
+                out.append((name, file.stat().st_size))
+        return out
+
+    @property
+    def config_summary(self) -> str:
+        """One line: "α 1.0 · 224 px · 5 epochs · head 1024-512 · functional"."""
+        c = self.config or {}
+        if not c:
+            return ""
+        parts = [
+            f"α {c.get('alpha', 1.0)}",
+            f"{c.get('image_size', self.image_size)} px",
+            f"{c.get('epochs', '?')} epochs",
+            "head " + "-".join(str(u) for u in c.get("head_units", [])),
+            str(c.get("build", "")),
+        ]
+        if c.get("fine_tune_layers") and c.get("fine_tune_epochs"):
+            parts.append(f"fine-tune {c['fine_tune_layers']} layers × {c['fine_tune_epochs']}")
+        if c.get("weights") and c.get("weights") != "imagenet":
+            parts.append(f"weights {c['weights']}")
+        return " · ".join(p for p in parts if p)
+
+    @property
+    def per_class_rows(self) -> list[dict]:
+        """[{name, precision, recall, f1, support}] in class order, for the metrics table."""
+        per_class = (self.metrics or {}).get("per_class") or {}
+        names = (self.metrics or {}).get("class_names") or self.class_names
+        return [{"name": n, **per_class[n]} for n in names if n in per_class]
+
+    @property
+    def confusion_rows(self) -> list[dict]:
+        """Confusion matrix rows for the heat map: true label, and per predicted label the
+        count and its share of the row (0-100, the cell's colour strength)."""
+        matrix = (self.metrics or {}).get("confusion_matrix") or []
+        names = (self.metrics or {}).get("class_names") or self.class_names
+        rows = []
+        for i, (name, counts) in enumerate(zip(names, matrix, strict=False)):
+            total = sum(counts) or 1
+            cells = [
+                {"count": n, "share": round(100 * n / total), "diagonal": i == j}
+                for j, n in enumerate(counts)
+            ]
+            rows.append({"label": name, "cells": cells})
+        return rows
+
+    @property
+    def confident_mistakes(self) -> list[dict]:
+        """[{path, true, predicted, confidence}] (paths relative to the dataset folder)."""
+        return list((self.metrics or {}).get("most_confident_wrong") or [])
+
 
 class ActivationEvent(models.Model):
     """Audit log: who activated, rolled back, retired or deleted which version, when."""
@@ -291,6 +375,10 @@ class ActivationEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} v{self.version_number}"
+
+    @property
+    def action_badge(self) -> str:
+        return {"activate": "ok", "rollback": "busy", "delete": "bad"}.get(self.action, "muted")
 
 
 class Prediction(models.Model):
@@ -340,6 +428,18 @@ class Prediction(models.Model):
     @property
     def is_corrected(self) -> bool:
         return bool(self.corrected_label)
+
+    @property
+    def top_rows(self) -> list[dict]:
+        """[{label, confidence, percent}] best first, for confidence bars."""
+        return [
+            {
+                "label": row["label"],
+                "confidence": row["confidence"],
+                "percent": round(100 * row["confidence"], 1),
+            }
+            for row in self.top
+        ]
 
 
 class BatchClassification(models.Model):
