@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from django.db.models import Count, QuerySet
 
-from webapp.models import Dataset, ModelVersion, Prediction, Project, TrainingJob
+from webapp.models import (
+    ActivationEvent,
+    Dataset,
+    ModelVersion,
+    Prediction,
+    Project,
+    TrainingJob,
+)
 
 
 def project_list() -> QuerySet[Project]:
@@ -55,3 +62,55 @@ def prediction_list(*, project: Project | None = None, limit: int = 20) -> Query
     if project is not None:
         predictions = predictions.filter(project=project)
     return predictions[:limit]
+
+
+# --- Pages (datasets, jobs, versions, classify) ----------------------------------------
+
+
+def ready_datasets(*, project: Project) -> QuerySet[Dataset]:
+    return Dataset.objects.filter(project=project, status=Dataset.Status.READY).order_by("name")
+
+
+def dataset_samples(*, dataset: Dataset, per_class: int = 8) -> dict[str, list[str]]:
+    """A few image paths (relative to the dataset folder) per class, for thumbnails."""
+    from classifier.images import SUPPORTED_SUFFIXES
+
+    samples: dict[str, list[str]] = {}
+    for name in dataset.class_names:
+        folder = dataset.path / name
+        if not folder.is_dir():
+            continue
+        files = sorted(
+            p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+        )
+        samples[name] = [f"{name}/{p.name}" for p in files[:per_class]]
+    return samples
+
+
+def job_history(*, job: TrainingJob | None) -> dict[str, list]:
+    """The job's finished epochs as chart series: epoch, loss, val_loss, accuracy, val_accuracy."""
+    series: dict[str, list] = {
+        "epoch": [],
+        "loss": [],
+        "val_loss": [],
+        "accuracy": [],
+        "val_accuracy": [],
+    }
+    if job is None:
+        return series
+    for record in job.epochs.order_by("epoch"):
+        series["epoch"].append(record.epoch)
+        series["loss"].append(record.loss)
+        series["val_loss"].append(record.val_loss)
+        series["accuracy"].append(record.accuracy)
+        series["val_accuracy"].append(record.val_accuracy)
+    return series
+
+
+def activation_log(*, project: Project, limit: int = 50) -> QuerySet[ActivationEvent]:
+    return ActivationEvent.objects.filter(project=project).select_related("user")[:limit]
+
+
+def classify_projects() -> QuerySet[Project]:
+    """Projects that have an active version, i.e. that can classify a photo now."""
+    return Project.objects.filter(versions__is_active=True).order_by("name")
