@@ -1,0 +1,208 @@
+"""Dataset imports: good zips, folders and uploads become datasets; bad ones change nothing."""
+
+from __future__ import annotations
+
+import io
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from tests.factories import make_project
+from tests.images import image_folder, jpeg_bytes, zip_of_folder
+from webapp import services
+from webapp.models import Dataset
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def project(db):
+    return make_project("Flowers")
+
+
+def import_zip(project, data: bytes, tmp_path: Path, name: str = "photos") -> Dataset:
+    path = tmp_path / f"{name}.zip"
+    path.write_bytes(data)
+    return services.dataset_import_zip(project=project, name=name, upload=path, background=False)
+
+
+def test_it_imports_a_zip_of_class_folders(project, data_dir, tmp_path):
+    folder = image_folder(tmp_path / "src", {"cats": 4, "dogs": 3})
+    dataset = import_zip(project, zip_of_folder(folder), tmp_path)
+    assert dataset.status == Dataset.Status.READY
+    assert dataset.class_counts == {"cats": 4, "dogs": 3}
+    assert dataset.image_count == 7
+    assert len(dataset.fingerprint) == 64
+    assert sorted(p.name for p in dataset.path.iterdir()) == ["cats", "dogs"]
+    assert not (data_dir / "incoming" / f"dataset-{dataset.pk}.zip").exists()
+
+
+def test_it_accepts_the_dataset_folder_zipped_as_a_whole(project, data_dir, tmp_path):
+    folder = image_folder(tmp_path / "src", {"a": 2, "b": 2})
+    dataset = import_zip(project, zip_of_folder(folder, prefix="flower_photos/"), tmp_path)
+    assert dataset.class_counts == {"a": 2, "b": 2}
+
+
+def test_it_reports_non_images_and_corrupt_files_but_imports_the_rest(project, data_dir, tmp_path):
+    folder = image_folder(tmp_path / "src", {"a": 3, "b": 3})
+    (folder / "a" / "notes.txt").write_text("hello")
+    (folder / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "README.md").write_text("top-level file")
+    dataset = import_zip(project, zip_of_folder(folder), tmp_path)
+    assert dataset.status == Dataset.Status.READY
+    assert dataset.class_counts == {"a": 3, "b": 3}
+    reasons = {item["path"]: item["reason"] for item in dataset.rejected}
+    assert "not a JPEG" in reasons["a/notes.txt"]
+    assert "not inside a class folder" in reasons["README.md"]
+    assert any("broken" in path for path in reasons)
+    assert not list(dataset.path.rglob("broken*"))
+
+
+def test_it_refuses_a_zip_with_the_wrong_layout_and_keeps_nothing(project, data_dir, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("one.jpg", jpeg_bytes())
+        zf.writestr("two.jpg", jpeg_bytes())
+    dataset = import_zip(project, buffer.getvalue(), tmp_path)
+    assert dataset.status == Dataset.Status.FAILED
+    assert "one folder per class" in dataset.error
+    assert not dataset.path.exists()
+    assert not list((data_dir / "datasets").rglob("*.jpg"))
+
+
+def test_it_skips_zip_slip_entries_and_links(project, data_dir, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name in ("a/1.jpg", "a/2.jpg", "b/1.jpg", "b/2.jpg"):
+            zf.writestr(name, jpeg_bytes())
+        zf.writestr("../../evil.jpg", jpeg_bytes())
+        zf.writestr("/etc/evil.jpg", jpeg_bytes())
+        link = zipfile.ZipInfo("a/link.jpg")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    dataset = import_zip(project, buffer.getvalue(), tmp_path)
+    assert dataset.status == Dataset.Status.READY
+    assert dataset.class_counts == {"a": 2, "b": 2}
+    reasons = " ".join(item["reason"] for item in dataset.rejected)
+    assert "unsafe path" in reasons
+    assert "symbolic links" in reasons
+    assert not (data_dir.parent / "evil.jpg").exists()
+    assert not list(data_dir.rglob("evil.jpg"))
+
+
+def test_it_refuses_a_zip_bomb(project, data_dir, tmp_path):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/1.jpg", jpeg_bytes())
+        zf.writestr("b/1.jpg", jpeg_bytes())
+        zf.writestr("b/bomb.jpg", b"\0" * (20 * 2**20))
+    dataset = import_zip(project, buffer.getvalue(), tmp_path)
+    assert dataset.status == Dataset.Status.FAILED
+    assert "zip bomb" in dataset.error
+    assert not dataset.path.exists()
+
+
+def test_it_refuses_a_zip_that_unpacks_beyond_the_limit(project, data_dir, tmp_path, settings):
+    settings.GRAFT_MAX_UNZIPPED_MB = 1
+    folder = image_folder(tmp_path / "src", {"a": 2, "b": 2}, size=(900, 900))
+    dataset = import_zip(project, zip_of_folder(folder), tmp_path)
+    assert dataset.status == Dataset.Status.FAILED
+    assert "limit" in dataset.error
+
+
+def test_it_refuses_something_that_is_not_a_zip(project, data_dir, tmp_path):
+    dataset = import_zip(project, b"this is not a zip", tmp_path)
+    assert dataset.status == Dataset.Status.FAILED
+    assert "not a readable zip" in dataset.error
+
+
+def test_it_refuses_a_zip_over_the_upload_limit_before_creating_anything(
+    project, data_dir, tmp_path, settings
+):
+    settings.GRAFT_MAX_ZIP_MB = 1
+    with pytest.raises(ValidationError, match="larger than the limit"):
+        import_zip(project, b"x" * (2 * 2**20), tmp_path)
+    assert not Dataset.objects.exists()
+
+
+def test_it_refuses_a_duplicate_dataset_name(project, data_dir, tmp_path):
+    folder = image_folder(tmp_path / "src")
+    import_zip(project, zip_of_folder(folder), tmp_path)
+    with pytest.raises(ValidationError, match="already has a dataset"):
+        import_zip(project, zip_of_folder(folder), tmp_path)
+
+
+def test_it_imports_a_server_folder_only_under_an_allowed_root(project, data_dir, tmp_path):
+    folder = image_folder(tmp_path / "allowed" / "set")
+    with pytest.raises(ValidationError, match="outside"):
+        services.dataset_import_directory(
+            project=project,
+            name="x",
+            source_dir=folder,
+            allowed_roots=[tmp_path / "elsewhere"],
+            background=False,
+        )
+    dataset = services.dataset_import_directory(
+        project=project,
+        name="x",
+        source_dir=folder,
+        allowed_roots=[tmp_path / "allowed"],
+        background=False,
+    )
+    assert dataset.class_counts == {"a": 6, "b": 6}
+
+
+def test_it_fails_a_url_import_with_a_clear_message_when_offline(project, data_dir, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    dataset = services.dataset_import_url(project=project, name="flowers", background=False)
+    assert dataset.status == Dataset.Status.FAILED
+    assert "flower_photos.tgz" in dataset.error
+    assert "internet" in dataset.error
+
+
+def test_it_imports_a_tgz_from_a_url(project, data_dir, tmp_path, monkeypatch):
+    import tarfile
+
+    folder = image_folder(tmp_path / "flower_photos", {"daisy": 2, "roses": 2})
+    archive = tmp_path / "flower_photos.tgz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(folder, arcname="flower_photos")
+    monkeypatch.setattr(
+        "urllib.request.urlopen",
+        lambda url, timeout: archive.open("rb"),  # noqa: SIM115 - urlopen is used as a context
+    )
+    dataset = services.dataset_import_url(project=project, name="flowers", background=False)
+    assert dataset.status == Dataset.Status.READY
+    assert dataset.class_counts == {"daisy": 2, "roses": 2}
+
+
+def test_it_adds_photos_class_by_class_and_rejects_bad_ones(project, data_dir):
+    dataset = services.dataset_create_empty(project=project, name="manual")
+    report = services.dataset_add_images(
+        dataset=dataset,
+        class_name="red",
+        files=[("r1.jpg", jpeg_bytes()), ("r2.jpg", jpeg_bytes()), ("x.txt", b"no")],
+    )
+    services.dataset_add_images(
+        dataset=dataset, class_name="blue", files=[("b.jpg", jpeg_bytes((0, 0, 200)))] * 2
+    )
+    dataset.refresh_from_db()
+    assert report.written == 2
+    assert [name for name, _ in report.rejected] == ["x.txt"]
+    assert dataset.class_counts == {"blue": 2, "red": 2}
+    assert dataset.fingerprint
+
+
+@pytest.mark.parametrize("bad", ["../up", ".hidden", "a/b", ""])
+def test_it_refuses_class_names_users_could_not_type(project, data_dir, bad):
+    dataset = services.dataset_create_empty(project=project, name="manual")
+    with pytest.raises(ValidationError):
+        services.dataset_add_images(
+            dataset=dataset, class_name=bad, files=[("a.jpg", jpeg_bytes())]
+        )
