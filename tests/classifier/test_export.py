@@ -152,3 +152,15 @@ def test_it_writes_numpy_values_and_nan_as_strict_json(tmp_path: Path, make_tiny
     assert meta["metrics"] == {"val_accuracy": 0.75, "confusion": [[1, 0], [0, 1]]}
     assert meta["history"] == [{"loss": None}]
     assert meta["dataset"] == {"root": tmp_path.as_posix()}
+
+
+@pytest.mark.parametrize("build", ["functional", "sequential"])
+def test_it_converts_the_real_architecture_in_both_build_styles(build: str) -> None:
+    from classifier.model import build_model
+
+    model = build_model(4, TrainConfig(image_size=SIZE, alpha=0.35, weights="none", build=build))
+    pixels = random_pixels(2)
+
+    runner = LiteRTRunner(convert_to_tflite(model), num_threads=1)
+
+    np.testing.assert_allclose(runner.run(pixels), model.predict_on_batch(pixels), atol=1e-4)
