@@ -1,15 +1,12 @@
+"""Overview pages: the dashboard and the cross-project lists."""
+
 from __future__ import annotations
 
-from django.contrib import messages
-from django.contrib.auth.decorators import permission_required
-from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
 
-from webapp import selectors, services
-from webapp.forms import ProjectForm
-from webapp.models import Project
+from webapp import selectors
 
 
 @require_GET
@@ -27,42 +24,6 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def project_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "projects/list.html", {"projects": selectors.project_list()})
-
-
-@require_http_methods(["GET", "POST"])
-@permission_required("webapp.train_models", raise_exception=True)
-def project_create(request: HttpRequest) -> HttpResponse:
-    form = ProjectForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            project = services.project_create(user=request.user, **form.cleaned_data)
-        except ValidationError as exc:
-            form.add_error(None, exc)
-        else:
-            messages.success(request, f"Project “{project.name}” created.")
-            return redirect(project)
-    return render(request, "projects/create.html", {"form": form})
-
-
-@require_GET
-def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
-    return render(
-        request,
-        "projects/detail.html",
-        {
-            "project": project,
-            "active_version": project.active_version,
-            "datasets": selectors.dataset_list(project=project),
-            "jobs": selectors.job_list(project=project, limit=20),
-            "versions": selectors.version_list(project=project),
-        },
-    )
-
-
-@require_GET
 def dataset_list(request: HttpRequest) -> HttpResponse:
     return render(request, "datasets/list.html", {"datasets": selectors.dataset_list()})
 
@@ -75,15 +36,3 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def version_list(request: HttpRequest) -> HttpResponse:
     return render(request, "versions/list.html", {"versions": selectors.version_list()})
-
-
-@require_GET
-def classify(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "classify/index.html",
-        {
-            "active_versions": selectors.active_versions(),
-            "predictions": selectors.prediction_list(),
-        },
-    )
