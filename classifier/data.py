@@ -65,6 +65,7 @@ class DatasetScan:
         falls below ``min_images_per_class``.
         """
         if not rejected:
+            _check_counts(self, min_images_per_class)
             return self
         gone = {path for path, _ in rejected}
         items = [item for item in self.items if item[0] not in gone]
@@ -79,6 +80,18 @@ class DatasetScan:
         )
         _check_counts(scan, min_images_per_class)
         return scan
+
+    def restricted_to(self, relpaths: set[str] | list[str]) -> DatasetScan:
+        """A copy that keeps only the readable files in ``relpaths`` (counts not checked)."""
+        wanted = set(relpaths)
+        files = {path: info for path, info in self.files.items() if path in wanted}
+        return replace(
+            self,
+            items=[item for item in self.items if item[0] in wanted],
+            files=files,
+            total_bytes=sum(size for size, _ in files.values()),
+            fingerprint=_fingerprint(files),
+        )
 
 
 def scan_dataset(
@@ -173,6 +186,23 @@ def split_dataset(
         val.extend(chosen)
         train.extend(item for _, item in members if item not in picked)
     return sorted(train), sorted(val)
+
+
+def verify_images(root: str | Path, relpaths: list[str]) -> list[tuple[str, str]]:
+    """Decode each photo with ``images.open_image`` (a few threads); return the unreadable ones.
+
+    For callers that scanned with ``check_images=False`` and must not meet a broken photo
+    halfway through training. Returns ``(relative path, reason)`` pairs in input order.
+    """
+    root = Path(root)
+    workers = min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(lambda relpath: _inspect(root, relpath, True), relpaths))
+    return [
+        (relpath, problem)
+        for relpath, (_, _, problem) in zip(relpaths, results, strict=True)
+        if problem is not None
+    ]
 
 
 def _unit_hash(relpath: str, seed: int) -> float:

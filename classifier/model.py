@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from classifier.config import TrainConfig
 from classifier.errors import WeightsUnavailableError
@@ -78,7 +79,9 @@ def build_base(config: TrainConfig) -> keras.Model:
         input_shape=(size, size, 3), alpha=config.alpha, include_top=False, weights=None
     )
     path = resolve_weights(config)
-    if path is not None:
+    if path is None:
+        _he_init(base, config.seed)
+    else:
         try:
             base.load_weights(path)
         except Exception as exc:
@@ -203,6 +206,26 @@ def weights_identity(config: TrainConfig) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _he_init(base: keras.Model, seed: int) -> None:
+    """Re-draw every convolution kernel with He-normal scaling from ``seed``.
+
+    Keras's default Glorot init shrinks the signal ~10x per MobileNetV2 block, so a frozen
+    random trunk outputs ~1e-12 and no head can learn from it. Variance-preserving kernels
+    keep pooled features near unit scale: ``weights="none"`` (tests, from-scratch runs) then
+    gives a usable, reproducible random feature extractor.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D):
+            kernel, *rest = layer.get_weights()
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                fan_in = kernel.shape[0] * kernel.shape[1]
+            else:
+                fan_in = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+            kernel = rng.normal(0.0, np.sqrt(2.0 / fan_in), kernel.shape).astype(np.float32)
+            layer.set_weights([kernel, *rest])
 
 
 def _weights_name(alpha: float, rows: int) -> str:

@@ -1,0 +1,619 @@
+"""Training: a folder of labelled photos in, a trained, evaluated (and exported) model out.
+
+:func:`train` is the one entry point the worker, the CLI and the benchmarks call. It scans
+and splits the dataset (``classifier.data``), builds the model (``classifier.model``), then:
+
+1. **Frozen stage** (``config.epochs``): only the head trains. With the feature cache on
+   and augmentation off, the trunk runs once per photo (``classifier.features``) and the
+   head trains on the cached pooled features — epochs cost milliseconds, and the result is
+   the same as streaming images through the frozen trunk. Otherwise the whole model trains
+   on the streaming pipeline (``classifier.pipeline``), augmented when asked.
+2. **Fine-tuning stage** (optional, ``fine_tune_layers`` x ``fine_tune_epochs``): the top N
+   non-BatchNorm backbone layers are unfrozen, the model is recompiled with
+   ``fine_tune_learning_rate`` and trained on the streaming pipeline.
+3. Evaluation on the validation set (``classifier.evaluate``) and, with ``out_dir``, export
+   of a version directory (``classifier.export``).
+
+Callers follow progress through :class:`TrainCallbacks` (per batch, per epoch, per phase)
+and cancel through its ``should_stop``. With ``checkpoint_dir`` every finished epoch is
+saved (weights, epoch, history, early-stopping state, written atomically) and a later call
+with the same directory, config and data resumes at the next epoch. Runs are seeded
+(``keras.utils.set_random_seed``): the same config and data give the same split, initial
+weights and shuffling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from classifier.config import TrainConfig
+from classifier.data import DatasetScan, scan_dataset, split_dataset, verify_images
+from classifier.errors import DatasetError, TrainingCancelled
+from classifier.features import extract_features
+from classifier.model import (
+    build_head,
+    build_model,
+    copy_head_weights,
+    head_layer_names,
+    trunk_of,
+    unfreeze_top,
+)
+from classifier.pipeline import make_dataset
+
+Item = tuple[str, int]
+CHECKPOINT_STATE = "checkpoint.json"
+CHECKPOINT_WEIGHTS = "weights.npz"
+CHECKPOINT_BEST = "best.npz"
+
+
+class TrainCallbacks:
+    """Progress and cancellation hooks; subclass and override what you need (all no-ops)."""
+
+    def on_phase(self, phase: str, detail: dict[str, Any]) -> None:
+        """Called when a phase starts: scanning, extracting, training, fine-tuning,
+        evaluating, exporting."""
+
+    def on_batch(self, epoch: int, batch: int, batches: int) -> None:
+        """After each batch; ``epoch`` is 1-based and global (0 during feature extraction)."""
+
+    def on_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
+        """After each epoch with loss, accuracy, val_loss, val_accuracy, learning_rate,
+        seconds and phase."""
+
+    def should_stop(self) -> bool:
+        """Checked after every batch; return True to raise ``TrainingCancelled``."""
+        return False
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; ``to_dict()`` is JSON-ready."""
+
+    class_names: list[str]
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    fingerprint: str
+    train_files: list[Item]
+    val_files: list[Item]
+    rejected: list[tuple[str, str]]
+    seconds: float
+    version_dir: Path | None = None
+    cache_hit: bool = False
+    resumed_from_epoch: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["version_dir"] = str(self.version_dir) if self.version_dir else None
+        data["train_files"] = [list(item) for item in self.train_files]
+        data["val_files"] = [list(item) for item in self.val_files]
+        data["rejected"] = [list(item) for item in self.rejected]
+        return data
+
+
+def default_cache_dir() -> Path:
+    """``$GRAFT_CACHE_DIR``, or ``~/.cache/graft``."""
+    configured = os.environ.get("GRAFT_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "graft"
+
+
+def train(
+    data_dir: str | Path,
+    config: TrainConfig,
+    *,
+    out_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    checkpoint_dir: Path | None = None,
+    callbacks: TrainCallbacks | None = None,
+    files: list[Item] | None = None,
+) -> TrainResult:
+    """Train a classifier on ``data_dir/<class>/*`` and return its history and metrics.
+
+    Args:
+        data_dir: one sub-folder per class.
+        config: everything that decides the result.
+        out_dir: when given, the trained model is exported there as a version directory.
+        cache_dir: the feature cache (default :func:`default_cache_dir`).
+        checkpoint_dir: per-epoch checkpoints; an existing one for the same config and
+            data is resumed from its next epoch.
+        callbacks: progress and cancellation hooks.
+        files: train on exactly these ``(relative path, class index)`` pairs (class index
+            into the sorted class folder names) instead of everything in ``data_dir``.
+
+    Raises:
+        DatasetError: the dataset cannot be trained on (see ``data.scan_dataset``).
+        WeightsUnavailableError: the configured weights cannot be loaded.
+        TrainingCancelled: ``callbacks.should_stop()`` returned True.
+    """
+    return _Run(Path(data_dir), config, out_dir, cache_dir, checkpoint_dir, callbacks, files).run()
+
+
+class _Run:
+    """One call of :func:`train`: its state, split into one method per step."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: TrainConfig,
+        out_dir: Path | None,
+        cache_dir: Path | None,
+        checkpoint_dir: Path | None,
+        callbacks: TrainCallbacks | None,
+        files: list[Item] | None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.checkpoint = _Checkpoint(Path(checkpoint_dir)) if checkpoint_dir else None
+        self.callbacks = callbacks or TrainCallbacks()
+        self.files = files
+        self.history: list[dict[str, Any]] = []
+        self.stats: dict[str, Any] = {}
+        self.cache_hit = False
+        self.head: keras.Model | None = None
+        self.model: keras.Model | None = None
+        self.features: dict[str, np.ndarray] = {}
+
+    # -- the steps -------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        started = time.perf_counter()
+        config = self.config
+        keras.utils.set_random_seed(config.seed)
+        self._check_stop()
+        self.callbacks.on_phase("scanning", {"data_dir": str(self.data_dir)})
+        scan = self._scan()
+        train_items, val_items = split_dataset(scan, config.validation_split, config.seed)
+        self.model = build_model(len(scan.class_names), config)
+        use_cache = config.use_feature_cache and not config.augment
+
+        if use_cache:
+            scan = self._extract(scan, train_items + val_items)
+        else:
+            paths = [path for path, _ in train_items + val_items]
+            scan = scan.without(
+                verify_images(self.data_dir, paths),
+                min_images_per_class=config.min_images_per_class,
+            )
+        kept = {path for path, _ in scan.items}
+        self.train_items = [item for item in train_items if item[0] in kept]
+        self.val_items = [item for item in val_items if item[0] in kept]
+        self.scan = scan
+
+        state = self._resume()
+        resumed_from = state["epoch"]
+        if not state["frozen_done"]:
+            if state["epoch"] < config.epochs and not state["stopped"]:
+                self.callbacks.on_phase("training", self._detail(use_cache))
+                if use_cache:
+                    self._train_head_on_features(state)
+                else:
+                    self._train_streaming(state, "training", config.epochs, config.learning_rate)
+            else:
+                self._restore_best(state, "head")
+            state.update(frozen_done=True, frozen_epochs=state["epoch"], stopped=False)
+        if config.fine_tunes:
+            fine_tune_end = state["frozen_epochs"] + config.fine_tune_epochs
+            unfrozen = unfreeze_top(self.model, config.fine_tune_layers)
+            done = state["kind"] == "model" and state["stopped"]
+            if state["epoch"] < fine_tune_end and not done:
+                self.callbacks.on_phase(
+                    "fine-tuning", {**self._detail(False), "unfrozen_layers": unfrozen}
+                )
+                self._train_streaming(
+                    state, "fine-tuning", fine_tune_end, config.fine_tune_learning_rate
+                )
+            else:
+                self._restore_best(state, "model")
+
+        self.callbacks.on_phase("evaluating", {"images": len(self.val_items)})
+        metrics = self._evaluate(use_cache and not config.fine_tunes)
+        version_dir = None
+        if self.out_dir is not None:
+            self.callbacks.on_phase("exporting", {"out_dir": str(self.out_dir)})
+            version_dir = self._export(metrics)
+        return TrainResult(
+            class_names=list(scan.class_names),
+            history=self.history,
+            metrics=metrics,
+            fingerprint=scan.fingerprint,
+            train_files=self.train_items,
+            val_files=self.val_items,
+            rejected=list(scan.rejected),
+            seconds=time.perf_counter() - started,
+            version_dir=version_dir,
+            cache_hit=self.cache_hit,
+            resumed_from_epoch=resumed_from,
+            stats=self.stats,
+        )
+
+    def _scan(self) -> DatasetScan:
+        scan = scan_dataset(self.data_dir, min_images_per_class=1, check_images=False)
+        if self.files is not None:
+            wanted = dict(self.files)
+            missing = sorted(set(wanted) - set(scan.files))
+            if missing:
+                raise DatasetError(
+                    f"{len(missing)} file(s) to train on are missing from {self.data_dir}, "
+                    f"e.g. {missing[0]}."
+                )
+            labels = dict(scan.items)
+            wrong = sorted(path for path, label in wanted.items() if labels[path] != label)
+            if wrong:
+                raise DatasetError(f"{wrong[0]} is listed with the wrong class.")
+            scan = scan.restricted_to(wanted)
+        return scan.without([], min_images_per_class=self.config.min_images_per_class)
+
+    def _extract(self, scan: DatasetScan, items: list[Item]) -> DatasetScan:
+        relpaths = [path for path, _ in items]
+        batches = math.ceil(len(relpaths) / 32)
+        self.callbacks.on_phase("extracting", {"images": len(relpaths), "batches": batches})
+
+        def progress(done: int, total: int) -> None:
+            self.callbacks.on_batch(0, done, total)
+            self._check_stop()
+
+        result = extract_features(
+            self.data_dir,
+            relpaths,
+            [scan.file_hash(path) for path in relpaths],
+            config=self.config,
+            cache_dir=self.cache_dir,
+            trunk_factory=lambda: trunk_of(self.model),
+            progress=progress,
+        )
+        self.cache_hit = result.cache_hit
+        self.stats["extraction"] = {
+            "engine": result.engine,
+            "images": result.extracted,
+            "seconds": result.seconds,
+            **result.stats,
+        }
+        rows = dict(zip(result.kept, result.features, strict=True))
+        self.features = {relpaths[i]: row for i, row in rows.items()}
+        failures = [(relpaths[i], reason) for i, reason in result.failures]
+        return scan.without(failures, min_images_per_class=self.config.min_images_per_class)
+
+    def _train_head_on_features(self, state: dict[str, Any]) -> None:
+        """Frozen stage on cached features; the head starts from (and ends in) the model's."""
+        config = self.config
+        x_train, y_train = self._feature_arrays(self.train_items)
+        x_val, y_val = self._feature_arrays(self.val_items)
+        head = build_head(len(self.scan.class_names), x_train.shape[1], config)
+        copy_head_weights(self.model, head, config)  # seeded init, or the resumed weights
+        _compile(head, config.learning_rate)
+        bridge = _Bridge(
+            self,
+            state,
+            "training",
+            math.ceil(len(x_train) / config.batch_size),
+            get_weights=lambda: _head_weights(head, config),
+            set_weights=lambda weights: _set_head_weights(head, config, weights),
+            kind="head",
+        )
+        head.fit(
+            x_train,
+            y_train,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            initial_epoch=state["epoch"],
+            validation_data=(x_val, y_val),
+            shuffle=True,
+            callbacks=[bridge],
+            verbose=0,
+        )
+        bridge.finish()
+        copy_head_weights(head, self.model, config)
+        self.head = head
+
+    def _train_streaming(
+        self, state: dict[str, Any], phase: str, end_epoch: int, learning_rate: float
+    ) -> None:
+        config = self.config
+        model = self.model
+        _compile(model, learning_rate)
+        kind = "head" if phase == "training" else "model"
+        train_ds = make_dataset(
+            self.data_dir,
+            self.train_items,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+            shuffle=True,
+            augment=config.augment,
+            seed=config.seed,
+        )
+        val_ds = make_dataset(
+            self.data_dir,
+            self.val_items,
+            image_size=config.image_size,
+            batch_size=config.batch_size,
+        )
+        bridge = _Bridge(
+            self,
+            state,
+            phase,
+            math.ceil(len(self.train_items) / config.batch_size),
+            get_weights=lambda: _get_weights(model, config, kind),
+            set_weights=lambda weights: _set_weights(model, config, kind, weights),
+            kind=kind,
+        )
+        model.fit(
+            train_ds,
+            epochs=end_epoch,
+            initial_epoch=state["epoch"],
+            validation_data=val_ds,
+            callbacks=[bridge],
+            verbose=0,
+        )
+        bridge.finish()
+
+    def _evaluate(self, on_features: bool) -> dict[str, Any]:
+        from classifier.evaluate import evaluate_predictions
+
+        labels = np.array([label for _, label in self.val_items], dtype=np.int64)
+        if on_features and self.head is not None:
+            x_val, _ = self._feature_arrays(self.val_items)
+            probs = np.asarray(self.head.predict_on_batch(x_val))
+        else:
+            dataset = make_dataset(
+                self.data_dir,
+                self.val_items,
+                image_size=self.config.image_size,
+                batch_size=self.config.batch_size,
+            )
+            probs = np.concatenate([np.asarray(self.model.predict_on_batch(x)) for x, _ in dataset])
+        return evaluate_predictions(
+            labels,
+            probs,
+            self.scan.class_names,
+            paths=[path for path, _ in self.val_items],
+        )
+
+    def _export(self, metrics: dict[str, Any]) -> Path:
+        from classifier.export import export_version
+
+        scan = self.scan
+        dataset = {
+            "fingerprint": scan.fingerprint,
+            "root": str(scan.root),
+            "class_names": scan.class_names,
+            "counts": scan.counts(),
+            "total_bytes": scan.total_bytes,
+            "train_files": [list(item) for item in self.train_items],
+            "val_files": [list(item) for item in self.val_items],
+            "rejected": [list(item) for item in scan.rejected],
+            "image_size": self.config.image_size,
+        }
+        return export_version(
+            self.model,
+            self.out_dir,
+            class_names=scan.class_names,
+            config=self.config,
+            metrics=metrics,
+            history=self.history,
+            dataset=dataset,
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _resume(self) -> dict[str, Any]:
+        """The checkpointed state for this config and data (weights loaded), or a fresh one."""
+        fresh = {
+            "epoch": 0,
+            "frozen_done": False,
+            "frozen_epochs": 0,
+            "history": [],
+            "best_loss": None,
+            "best_epoch": 0,
+            "wait": 0,
+            "stopped": False,
+            "kind": None,
+            "best": None,
+        }
+        if self.checkpoint is None:
+            return fresh
+        self.checkpoint.signature = self._signature()
+        state = self.checkpoint.load()
+        if state is None:
+            return fresh
+        weights = state.pop("weights")
+        _set_weights(self.model, self.config, state["kind"], weights)
+        self.history = state["history"]
+        return state
+
+    def _restore_best(self, state: dict[str, Any], kind: str) -> None:
+        if self.config.early_stopping_patience > 0 and state["kind"] == kind and state["best"]:
+            _set_weights(self.model, self.config, kind, state["best"])
+
+    def _signature(self) -> str:
+        identity = {
+            "config": self.config.to_dict(),
+            "fingerprint": self.scan.fingerprint,
+            "train": self.train_items,
+            "val": self.val_items,
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    def _feature_arrays(self, items: list[Item]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.stack([self.features[path] for path, _ in items]).astype(np.float32)
+        y = np.array([label for _, label in items], dtype=np.int32)
+        return x, y
+
+    def _detail(self, on_features: bool) -> dict[str, Any]:
+        return {
+            "train_images": len(self.train_items),
+            "val_images": len(self.val_items),
+            "classes": len(self.scan.class_names),
+            "feature_cache": on_features,
+        }
+
+    def _check_stop(self) -> None:
+        if self.callbacks.should_stop():
+            raise TrainingCancelled("Training was cancelled.")
+
+
+class _Bridge(keras.callbacks.Callback):
+    """Keras callback: user callbacks, cancellation, early stopping, checkpoints."""
+
+    def __init__(self, run: _Run, state, phase, batches, *, get_weights, set_weights, kind):
+        super().__init__()
+        self.run = run
+        self.state = state
+        self.phase = phase
+        self.batches = batches
+        self.get_weights = get_weights
+        self.set_weights = set_weights
+        self.kind = kind
+        self.epoch_started = time.perf_counter()
+        self.current = state["epoch"]
+        if state.get("kind") != kind:  # a new stage: its own early-stopping bookkeeping
+            state.update(best_loss=None, best_epoch=0, wait=0, best=None, kind=kind, stopped=False)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_started = time.perf_counter()
+        self.current = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.run.callbacks.on_batch(self.current, batch + 1, self.batches)
+        self.run._check_stop()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        record = {
+            "epoch": epoch + 1,
+            "phase": self.phase,
+            "loss": _number(logs.get("loss")),
+            "accuracy": _number(logs.get("accuracy")),
+            "val_loss": _number(logs.get("val_loss")),
+            "val_accuracy": _number(logs.get("val_accuracy")),
+            "learning_rate": _number(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            ),
+            "seconds": time.perf_counter() - self.epoch_started,
+        }
+        state = self.state
+        state["epoch"] = epoch + 1
+        self.run.history.append(record)
+        state["history"] = self.run.history
+        patience = self.run.config.early_stopping_patience
+        if patience > 0:
+            loss = record["val_loss"]
+            if loss is not None and (state["best_loss"] is None or loss < state["best_loss"]):
+                state.update(best_loss=loss, best_epoch=epoch + 1, wait=0, best=self.get_weights())
+            else:
+                state["wait"] += 1
+                if state["wait"] >= patience:
+                    state["stopped"] = True
+                    self.model.stop_training = True
+        if self.run.checkpoint is not None:
+            self.run.checkpoint.save(state, self.get_weights())
+        self.run.callbacks.on_epoch(epoch + 1, dict(record))
+
+    def finish(self) -> None:
+        """Restore the best epoch's weights when early stopping is on."""
+        if self.run.config.early_stopping_patience > 0 and self.state["best"] is not None:
+            self.set_weights(self.state["best"])
+
+
+class _Checkpoint:
+    """``checkpoint.json`` + ``weights.npz`` (+ ``best.npz``), each replaced atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.signature = ""
+
+    def save(self, state: dict[str, Any], weights: list[np.ndarray]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_npz(self.folder / CHECKPOINT_WEIGHTS, weights)
+        if state.get("best") is not None:
+            _atomic_npz(self.folder / CHECKPOINT_BEST, state["best"])
+        meta = {k: v for k, v in state.items() if k not in ("weights", "best")}
+        meta["signature"] = self.signature
+        meta["has_best"] = state.get("best") is not None
+        _atomic_bytes(self.folder / CHECKPOINT_STATE, json.dumps(meta).encode())
+
+    def load(self) -> dict[str, Any] | None:
+        path = self.folder / CHECKPOINT_STATE
+        if not path.is_file():
+            return None
+        try:
+            meta = json.loads(path.read_text())
+            if meta.get("signature") != self.signature:
+                return None
+            meta["weights"] = _load_npz(self.folder / CHECKPOINT_WEIGHTS)
+            meta["best"] = _load_npz(self.folder / CHECKPOINT_BEST) if meta["has_best"] else None
+        except (OSError, ValueError, KeyError):
+            return None
+        return meta
+
+
+def _compile(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _head_weights(model: keras.Model, config: TrainConfig) -> list[np.ndarray]:
+    return [w for name in head_layer_names(config) for w in model.get_layer(name).get_weights()]
+
+
+def _set_head_weights(model: keras.Model, config: TrainConfig, weights: list[np.ndarray]) -> None:
+    position = 0
+    for name in head_layer_names(config):
+        layer = model.get_layer(name)
+        count = len(layer.get_weights())
+        layer.set_weights(weights[position : position + count])
+        position += count
+
+
+def _get_weights(model: keras.Model, config: TrainConfig, kind: str) -> list[np.ndarray]:
+    return _head_weights(model, config) if kind == "head" else model.get_weights()
+
+
+def _set_weights(model: keras.Model, config: TrainConfig, kind: str, weights) -> None:
+    if kind == "head":
+        _set_head_weights(model, config, weights)
+    else:
+        model.set_weights(weights)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(np.asarray(value))
+    return number if math.isfinite(number) else None
+
+
+def _atomic_npz(path: Path, arrays: list[np.ndarray]) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        np.savez(handle, *arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def _atomic_bytes(path: Path, content: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(handle.name, path)
+
+
+def _load_npz(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
