@@ -1,14 +1,22 @@
 """Loaded by pytest before Django (``-p tests.pytest_env`` in pyproject.toml).
 
-Gives the test run its own var/ directory, so the SQLite test database and the embedded
-Redis socket never collide with a `make run` on the same checkout.
+Gives each test run its own var/ directory (SQLite test database, embedded Redis socket,
+secret key), so a `make run` on the same checkout and several test runs at once never
+share state. The directory is removed when the run ends.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("GRAFT_VAR_DIR", str(ROOT / "var" / "test"))
+
+if "GRAFT_VAR_DIR" not in os.environ:
+    run_dir = ROOT / "var" / "test" / str(os.getpid())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["GRAFT_VAR_DIR"] = str(run_dir)
+    atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -84,7 +84,7 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
 
         def on_phase(self, phase: str, detail: dict) -> None:
             self.phase = phase
-            self._write(force=True, phase=phase)
+            self._write(force=True)
 
         def on_batch(self, epoch: int, batch: int, batches: int) -> None:
             fraction = self._fraction(epoch, batch, batches)
