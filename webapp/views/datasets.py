@@ -148,10 +148,14 @@ def dataset_import_url(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _detail_context(dataset: Dataset, add_form: AddImagesForm | None = None) -> dict:
+    samples = selectors.dataset_samples(dataset=dataset) if dataset.is_ready else {}
     return {
         "project": dataset.project,
         "dataset": dataset,
-        "samples": selectors.dataset_samples(dataset=dataset) if dataset.is_ready else {},
+        "classes": [
+            {"name": name, "count": count, "samples": samples.get(name, [])}
+            for name, count in dataset.class_rows
+        ],
         "jobs": selectors.job_list(project=dataset.project).filter(dataset=dataset)[:20],
         "add_form": add_form or AddImagesForm(),
     }
