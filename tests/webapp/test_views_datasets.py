@@ -1,0 +1,218 @@
+"""Dataset pages: the four ways in, the import report, adding photos, thumbnails."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import override_settings
+from django.urls import reverse
+
+from tests.factories import make_dataset, make_project
+from tests.images import image_folder, jpeg_bytes, zip_of_folder
+from webapp import services
+from webapp.models import Dataset
+
+
+@pytest.fixture
+def project(db):
+    return make_project("Flowers")
+
+
+def _zip(tmp_path, name="photos.zip"):
+    folder = image_folder(tmp_path / "src", {"daisy": 3, "tulip": 3})
+    (folder / "daisy" / "notes.txt").write_text("not a photo")
+    return SimpleUploadedFile(name, zip_of_folder(folder), content_type="application/zip")
+
+
+def test_it_shows_the_four_ways_to_add_a_dataset(trainer_client, project):
+    response = trainer_client.get(reverse("dataset_new", args=[project.slug]))
+    assert response.status_code == 200
+    for text in (b"Upload a zip", b"class by class", b"folder on the server", b"flower_photos"):
+        assert text in response.content
+    assert b"data-upload-progress" in response.content
+
+
+@pytest.mark.parametrize(
+    "name", ["dataset_new", "dataset_upload_zip", "dataset_create", "dataset_import_url"]
+)
+def test_it_forbids_adding_datasets_without_the_train_permission(viewer_client, project, name):
+    method = viewer_client.get if name == "dataset_new" else viewer_client.post
+    assert method(reverse(name, args=[project.slug])).status_code == 403
+    assert not Dataset.objects.exists()
+
+
+@pytest.mark.parametrize("name", ["dataset_upload_zip", "dataset_create", "dataset_import_folder"])
+def test_it_refuses_get_on_dataset_mutations(trainer_client, project, name):
+    assert trainer_client.get(reverse(name, args=[project.slug])).status_code == 405
+
+
+def test_it_returns_404_for_an_unknown_project(trainer_client, db):
+    assert trainer_client.get(reverse("dataset_new", args=["nope"])).status_code == 404
+
+
+def test_it_uploads_a_zip_and_shows_the_import_report(trainer_client, project, data_dir, tmp_path):
+    response = trainer_client.post(
+        reverse("dataset_upload_zip", args=[project.slug]),
+        {"name": "garden", "archive": _zip(tmp_path)},
+    )
+    dataset = Dataset.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == dataset.get_absolute_url()
+    assert dataset.status == Dataset.Status.IMPORTING
+
+    page = trainer_client.get(dataset.get_absolute_url())
+    assert b'hx-trigger="every 1s"' in page.content  # polls while importing
+
+    services.dataset_run_import(dataset_id=dataset.pk)  # what the worker does
+    page = trainer_client.get(dataset.get_absolute_url())
+    assert page.status_code == 200
+    assert b"every 1s" not in page.content
+    content = page.content.decode()
+    assert "daisy" in content and "tulip" in content
+    assert "notes.txt" in content  # refused, with its reason
+    assert content.count(f"/projects/flowers/datasets/{dataset.pk}/thumb/") == 6
+
+
+def test_it_answers_the_progress_bar_upload_with_json(trainer_client, project, data_dir, tmp_path):
+    url = reverse("dataset_upload_zip", args=[project.slug])
+    response = trainer_client.post(
+        url, {"name": "garden", "archive": _zip(tmp_path)}, headers={"Accept": "application/json"}
+    )
+    assert response.json() == {"redirect": Dataset.objects.get().get_absolute_url()}
+
+    again = trainer_client.post(
+        url, {"name": "garden", "archive": _zip(tmp_path)}, headers={"Accept": "application/json"}
+    )
+    assert again.status_code == 400
+    assert "already has a dataset" in again.json()["errors"]["name"][0]["message"]
+
+
+def test_it_shows_a_duplicate_name_inline(trainer_client, project, data_dir, tmp_path):
+    make_dataset(project, "garden")
+    response = trainer_client.post(
+        reverse("dataset_upload_zip", args=[project.slug]),
+        {"name": "garden", "archive": _zip(tmp_path)},
+    )
+    assert response.status_code == 400
+    assert "already has a dataset named" in response.content.decode()
+    assert Dataset.objects.count() == 1
+
+
+def test_it_polls_the_status_until_the_import_finishes(trainer_client, project):
+    dataset = make_dataset(project, status=Dataset.Status.IMPORTING)
+    url = reverse("dataset_status", args=[project.slug, dataset.pk])
+    assert b"every 1s" in trainer_client.get(url).content
+    Dataset.objects.filter(pk=dataset.pk).update(status=Dataset.Status.READY)
+    done = trainer_client.get(url)
+    assert done.status_code == 204
+    assert done["HX-Refresh"] == "true"
+
+
+def test_it_shows_a_failed_import_and_why(viewer_client, project):
+    dataset = make_dataset(project, status=Dataset.Status.FAILED, error="The zip is damaged.")
+    response = viewer_client.get(dataset.get_absolute_url())
+    assert b"The import failed" in response.content
+    assert b"The zip is damaged." in response.content
+
+
+def test_it_hides_another_projects_dataset(viewer_client, project):
+    other = make_project("Birds")
+    dataset = make_dataset(other)
+    url = reverse("dataset_detail", args=[project.slug, dataset.pk])
+    assert viewer_client.get(url).status_code == 404
+
+
+def test_it_creates_an_empty_dataset_and_adds_photos_per_class(trainer_client, project, data_dir):
+    response = trainer_client.post(reverse("dataset_create", args=[project.slug]), {"name": "mine"})
+    dataset = Dataset.objects.get()
+    assert response["Location"] == dataset.get_absolute_url()
+
+    files = [
+        SimpleUploadedFile("a.jpg", jpeg_bytes(), content_type="image/jpeg"),
+        SimpleUploadedFile("b.jpg", jpeg_bytes((0, 90, 0)), content_type="image/jpeg"),
+        SimpleUploadedFile("c.jpg", b"not an image", content_type="image/jpeg"),
+    ]
+    url = reverse("dataset_add_images", args=[project.slug, dataset.pk])
+    response = trainer_client.post(url, {"class_name": "roses", "files": files}, follow=True)
+    dataset.refresh_from_db()
+    assert dataset.class_counts == {"roses": 2}
+    content = response.content.decode()
+    assert "Added 2 photo(s) to “roses”" in content
+    assert "Refused c.jpg" in content
+
+
+def test_it_refuses_a_bad_class_name_inline(trainer_client, project, data_dir):
+    dataset = services.dataset_create_empty(project=project, name="mine")
+    url = reverse("dataset_add_images", args=[project.slug, dataset.pk])
+    photo = SimpleUploadedFile("a.jpg", jpeg_bytes(), content_type="image/jpeg")
+    response = trainer_client.post(url, {"class_name": "../etc", "files": [photo]})
+    assert response.status_code == 400
+    assert "cannot be a class name" in response.content.decode()
+    assert not list(dataset.path.iterdir())
+
+
+def test_it_forbids_adding_photos_without_the_train_permission(viewer_client, project, data_dir):
+    dataset = services.dataset_create_empty(project=project, name="mine")
+    url = reverse("dataset_add_images", args=[project.slug, dataset.pk])
+    photo = SimpleUploadedFile("a.jpg", jpeg_bytes(), content_type="image/jpeg")
+    assert viewer_client.post(url, {"class_name": "x", "files": [photo]}).status_code == 403
+
+
+def test_it_imports_only_from_allowed_server_folders(trainer_client, project, data_dir, tmp_path):
+    allowed = tmp_path / "allowed"
+    folder = image_folder(allowed / "flowers")
+    url = reverse("dataset_import_folder", args=[project.slug])
+    with override_settings(GRAFT_IMPORT_ROOTS=[allowed]):
+        outside = trainer_client.post(url, {"name": "x", "path": str(tmp_path)})
+        assert outside.status_code == 400
+        assert "outside the folders" in outside.content.decode()
+        inside = trainer_client.post(url, {"name": "x", "path": str(folder)})
+    assert inside.status_code == 302
+    assert Dataset.objects.get().source_detail == str(folder.resolve())
+
+
+def test_it_says_folder_imports_are_off_without_roots(trainer_client, project, settings):
+    settings.GRAFT_IMPORT_ROOTS = []
+    response = trainer_client.get(reverse("dataset_new", args=[project.slug]))
+    assert b"GRAFT_IMPORT_ROOTS" in response.content
+
+
+def test_it_starts_the_flowers_import(trainer_client, project, data_dir):
+    response = trainer_client.post(
+        reverse("dataset_import_url", args=[project.slug]), {"name": "flower_photos"}
+    )
+    dataset = Dataset.objects.get()
+    assert response["Location"] == dataset.get_absolute_url()
+    assert dataset.source == Dataset.Source.URL
+    assert "flower_photos.tgz" in dataset.source_detail
+
+
+def _ready_dataset(project, data_dir):
+    dataset = services.dataset_create_empty(project=project, name="mine")
+    services.dataset_add_images(
+        dataset=dataset, class_name="roses", files=[("big.jpg", jpeg_bytes(size=(400, 300)))]
+    )
+    return dataset
+
+
+def test_it_serves_small_thumbnails(viewer_client, project, data_dir):
+    from io import BytesIO
+
+    from PIL import Image
+
+    dataset = _ready_dataset(project, data_dir)
+    url = reverse("dataset_thumbnail", args=[project.slug, dataset.pk, "roses/big.jpg"])
+    response = viewer_client.get(url + "?size=96")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "image/jpeg"
+    assert max(Image.open(BytesIO(response.content)).size) == 96
+
+
+@pytest.mark.parametrize("relpath", ["../../../etc/passwd", "roses/missing.jpg", "roses"])
+def test_it_serves_no_file_outside_the_dataset(viewer_client, project, data_dir, relpath):
+    dataset = _ready_dataset(project, data_dir)
+    (data_dir / "secret.jpg").write_bytes(jpeg_bytes())
+    url = reverse("dataset_thumbnail", args=[project.slug, dataset.pk, relpath])
+    assert viewer_client.get(url).status_code == 404
+    url = reverse("dataset_thumbnail", args=[project.slug, dataset.pk, "../../../secret.jpg"])
+    assert viewer_client.get(url).status_code == 404
