@@ -945,7 +945,8 @@ def batch_create(
         UploadTooLarge: a photo over GRAFT_MAX_IMAGE_MB, a zip over GRAFT_MAX_ZIP_MB, or
             one that unpacks to more than GRAFT_MAX_UNZIPPED_MB / GRAFT_MAX_ZIP_FILES.
         NoActiveVersion: nothing is active to classify with.
-        QueueUnavailable: the broker is down or no worker answers.
+        QueueUnavailable: the broker is down. (Workers are not asked: a batch waits,
+            queued, for the next one, and asking costs every upload a second.)
     """
     if not files:
         raise ValidationError({"files": "Send a zip of photos or one or more photos."})
@@ -967,7 +968,7 @@ def batch_create(
                 )
         total = len(files)
     if check_queue:
-        _check_queue()
+        _check_broker()
     with transaction.atomic():
         batch = BatchClassification.objects.create(
             project=project,
@@ -1213,6 +1214,14 @@ def _batch_finish(batch: BatchClassification, status: str, error: str = "") -> N
     BatchClassification.objects.filter(
         pk=batch.pk, status=BatchClassification.Status.RUNNING
     ).update(status=status, error=error, finished_at=timezone.now())
+
+
+def _check_broker() -> None:
+    from webapp.health import check_broker
+
+    broker = check_broker(timeout=2.0)
+    if not broker["ok"]:
+        raise QueueUnavailable(f"The job queue is unavailable: {broker['error']}.")
 
 
 def _enqueue_batch(batch_id: int) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
@@ -56,3 +58,86 @@ def manager_client(manager) -> Client:
 @pytest.fixture
 def viewer_client(viewer) -> Client:
     return _client_for(viewer)
+
+
+# --- Serving and API (issue 6): tiny exported versions, served projects, token clients ---
+
+SERVED_LABELS = {1: ["cat", "dog", "eel"], 2: ["ant", "bee", "cow"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_version_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Two real exported versions (32x32 LiteRT models), built once per session.
+
+    Version 1 answers with ``SERVED_LABELS[1]``, version 2 (other weights) with
+    ``SERVED_LABELS[2]``, so an answer's labels tell which version gave it.
+    """
+    pytest.importorskip("tensorflow")
+    from classifier.config import TrainConfig
+    from classifier.export import export_version
+    from tests.classifier.conftest import TINY_SIZE, tiny_classifier
+
+    root = tmp_path_factory.mktemp("served-versions")
+    dirs = {}
+    for number, labels in SERVED_LABELS.items():
+        dirs[number] = export_version(
+            tiny_classifier(len(labels), seed=number),
+            root / f"v{number}",
+            class_names=labels,
+            config=TrainConfig(image_size=TINY_SIZE, weights="none", epochs=1),
+            metrics={"val_accuracy": 0.5},
+            history=[],
+            dataset={},
+        )
+    return dirs
+
+
+@pytest.fixture
+def served_project(data_dir: Path, tiny_version_dirs: dict[int, Path], db):
+    """Project "flowers" with versions 1 (active) and 2 (inactive), files under data_dir."""
+    from webapp import predictor
+    from webapp.models import ModelVersion, Project
+    from webapp.services import model_version_activate
+
+    predictor.cache().clear()
+    project = Project.objects.create(name="Flowers", slug="flowers")
+    for number, source in tiny_version_dirs.items():
+        target = data_dir / "models" / project.slug / f"v{number}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source, target_is_directory=True)
+        ModelVersion.objects.create(
+            project=project,
+            number=number,
+            directory=f"models/{project.slug}/v{number}",
+            class_names=SERVED_LABELS[number],
+            image_size=32,
+        )
+    model_version_activate(version=project.versions.get(number=1))
+    yield project
+    predictor.cache().clear()
+
+
+def token_client(user: User):
+    """A DRF test client that sends ``Authorization: Token <key>`` for ``user``."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+@pytest.fixture
+def viewer_api(viewer):
+    return token_client(viewer)
+
+
+@pytest.fixture
+def trainer_api(trainer):
+    return token_client(trainer)
+
+
+@pytest.fixture
+def manager_api(manager):
+    return token_client(manager)

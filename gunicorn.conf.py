@@ -1,0 +1,35 @@
+"""gunicorn settings for Graft's web process: ``gunicorn -c gunicorn.conf.py webapp.wsgi``.
+
+Tuned for a small machine (2 cores): one worker process per core, each with a few
+threads so slow uploads and downloads do not block classification. ``preload_app`` stays
+off so every worker imports Django after the fork and loads its own LiteRT predictor
+(an interpreter must never be shared across a fork). Each worker classifies with
+``GRAFT_SERVING_THREADS`` LiteRT threads (default 1), so workers x threads = cores.
+
+Environment: ``GRAFT_BIND`` (default ``GRAFT_HOST:GRAFT_PORT``, i.e. 127.0.0.1:8000),
+``GUNICORN_WORKERS`` (default: CPU count), ``GUNICORN_THREADS`` (default 4),
+``GUNICORN_TIMEOUT`` (default 120 s, for large batch uploads).
+"""
+
+from __future__ import annotations
+
+import os
+
+_host = os.environ.get("GRAFT_HOST", "127.0.0.1")
+_port = os.environ.get("GRAFT_PORT", "8000")
+
+bind = os.environ.get("GRAFT_BIND", f"{_host}:{_port}").split(",")
+workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 2))
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+preload_app = False
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then, so a slow leak in any library cannot grow without bound.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
+max_requests_jitter = max_requests // 10
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+wsgi_app = "webapp.wsgi:application"

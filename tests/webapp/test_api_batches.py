@@ -1,0 +1,155 @@
+"""Batch classification: upload (zip or files) -> background job -> CSV/JSON results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+import zipfile
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
+
+from tests.webapp.conftest import SERVED_LABELS
+from webapp import services
+from webapp.models import BatchClassification, Prediction
+
+URL = "/api/v1/projects/flowers/batches"
+
+pytestmark = pytest.mark.usefixtures("broker")
+
+
+def jpeg(colour=(200, 40, 40)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def photos_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("red/one.jpg", jpeg())
+        archive.writestr("blue/two.jpg", jpeg((20, 20, 200)))
+        archive.writestr("broken.png", b"not a png")
+        archive.writestr("__MACOSX/._one.jpg", b"junk")
+        archive.writestr("notes.txt", b"ignored")
+    return buffer.getvalue()
+
+
+def test_it_accepts_a_zip_and_reports_progress(served_project, viewer_api):
+    response = viewer_api.post(URL, {"files": SimpleUploadedFile("p.zip", photos_zip())})
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "queued" and body["total"] == 3 and body["done"] == 0
+    assert body["version"] == 1
+    assert response["Location"].endswith(f"/api/v1/batches/{body['id']}")
+    assert viewer_api.get(f"/api/v1/batches/{body['id']}").json()["percent"] == 0
+
+
+def test_it_writes_csv_and_json_results_with_an_error_per_bad_file(served_project, viewer_api):
+    batch_id = viewer_api.post(URL, {"files": SimpleUploadedFile("p.zip", photos_zip())}).json()[
+        "id"
+    ]
+
+    services.batch_run(batch_id=batch_id)
+
+    status = viewer_api.get(f"/api/v1/batches/{batch_id}").json()
+    assert (status["status"], status["done"], status["failed"], status["percent"]) == (
+        "succeeded",
+        3,
+        1,
+        100,
+    )
+    rows = list(csv.DictReader(io.StringIO(_download(viewer_api, batch_id, "csv"))))
+    assert [r["file"] for r in rows] == ["red/one.jpg", "blue/two.jpg", "broken.png"]
+    assert rows[0]["label"] in SERVED_LABELS[1] and not rows[0]["error"]
+    assert rows[2]["label"] == "" and "not an image" in rows[2]["error"]
+    results = json.loads(_download(viewer_api, batch_id, "json"))
+    assert results["version"] == 1
+    assert [r["error"] is None for r in results["results"]] == [True, True, False]
+    assert Prediction.objects.filter(source=Prediction.Source.BATCH).count() == 2
+
+
+def test_it_accepts_several_photos(served_project, viewer_api):
+    files = [SimpleUploadedFile(f"p{i}.jpg", jpeg()) for i in range(3)]
+
+    batch_id = viewer_api.post(URL, {"files": files}).json()["id"]
+    services.batch_run(batch_id=batch_id)
+
+    rows = json.loads(_download(viewer_api, batch_id, "json"))["results"]
+    assert [r["file"] for r in rows] == ["p0.jpg", "p1.jpg", "p2.jpg"]
+
+
+def test_it_answers_409_for_results_before_the_batch_finished(served_project, viewer_api):
+    batch_id = viewer_api.post(URL, {"files": SimpleUploadedFile("a.jpg", jpeg())}).json()["id"]
+
+    response = viewer_api.get(f"/api/v1/batches/{batch_id}/results.csv")
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "not_ready"
+
+
+def test_it_refuses_a_zip_without_photos(served_project, viewer_api):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("readme.txt", "hi")
+
+    response = viewer_api.post(URL, {"files": SimpleUploadedFile("p.zip", buffer.getvalue())})
+
+    assert response.status_code == 400
+    assert "no photos" in response.json()["detail"]
+    assert not BatchClassification.objects.exists()
+
+
+def test_it_refuses_a_request_without_files(served_project, viewer_api):
+    assert viewer_api.post(URL, {}).status_code == 400
+
+
+def test_it_answers_413_for_a_photo_over_the_limit(served_project, viewer_api, settings):
+    settings.GRAFT_MAX_IMAGE_MB = 1
+    big = SimpleUploadedFile("big.jpg", jpeg() + b"\0" * 2**21)
+
+    response = viewer_api.post(URL, {"files": [big, SimpleUploadedFile("a.jpg", jpeg())]})
+
+    assert response.status_code == 413
+
+
+def test_it_answers_409_without_an_active_version(served_project, viewer_api):
+    served_project.versions.update(is_active=False)
+
+    response = viewer_api.post(URL, {"files": SimpleUploadedFile("a.jpg", jpeg())})
+
+    assert response.status_code == 409
+
+
+def test_it_hides_other_batches_behind_404(viewer_api, db):
+    assert viewer_api.get("/api/v1/batches/12345").status_code == 404
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_it_classifies_a_batch_on_a_real_worker(served_project, viewer_api, start_worker):
+    start_worker(queues="default")
+
+    batch_id = viewer_api.post(URL, {"files": SimpleUploadedFile("p.zip", photos_zip())}).json()[
+        "id"
+    ]
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = viewer_api.get(f"/api/v1/batches/{batch_id}").json()
+        if status["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)  # polling the condition, not guessing a duration
+    assert status["status"] == "succeeded", status
+    assert status["results_csv"].endswith(f"/api/v1/batches/{batch_id}/results.csv")
+    assert "red/one.jpg" in _download(viewer_api, batch_id, "csv")
+
+
+def _download(client, batch_id: int, fmt: str) -> str:
+    response = client.get(f"/api/v1/batches/{batch_id}/results.{fmt}")
+    assert response.status_code == 200
+    return b"".join(response.streaming_content).decode()

@@ -1,0 +1,183 @@
+"""The API's read endpoints, starting jobs and activating versions: shape, 401/403/404/503."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from tests.factories import make_dataset, make_job
+from webapp.models import EpochRecord, ModelVersion, TrainingJob
+
+
+def test_it_lists_projects_with_their_active_version(served_project, viewer_api):
+    response = viewer_api.get("/api/v1/projects")
+
+    assert response.status_code == 200
+    assert response.json()["count"] == 1
+    assert response.json()["results"][0]["slug"] == "flowers"
+    assert response.json()["results"][0]["active_version"] == 1
+
+
+def test_it_refuses_lists_without_authentication(served_project):
+    assert Client().get("/api/v1/projects").status_code == 401
+
+
+def test_it_shows_one_project(served_project, viewer_api):
+    assert viewer_api.get("/api/v1/projects/flowers").json()["name"] == "Flowers"
+    assert viewer_api.get("/api/v1/projects/nope").status_code == 404
+
+
+def test_it_lists_a_projects_datasets(served_project, viewer_api):
+    make_dataset(served_project, "photos", class_counts={"a": 3, "b": 4})
+
+    response = viewer_api.get("/api/v1/projects/flowers/datasets")
+
+    assert [d["name"] for d in response.json()["results"]] == ["photos"]
+    assert response.json()["results"][0]["class_counts"] == {"a": 3, "b": 4}
+
+
+def test_it_lists_jobs_with_their_epoch_history(served_project, viewer_api):
+    job = make_job(served_project, make_dataset(served_project), status="running", epochs_total=2)
+    EpochRecord.objects.create(job=job, epoch=2, loss=0.5, accuracy=0.8)
+    EpochRecord.objects.create(job=job, epoch=1, loss=0.9, accuracy=0.6)
+
+    listed = viewer_api.get("/api/v1/projects/flowers/jobs").json()["results"]
+    detail = viewer_api.get(f"/api/v1/jobs/{job.pk}").json()
+
+    assert [j["id"] for j in listed] == [job.pk]
+    assert [e["epoch"] for e in detail["history"]] == [1, 2]
+    assert detail["history"][1]["accuracy"] == 0.8
+    assert detail["status"] == "running"
+    assert viewer_api.get("/api/v1/jobs/999999").status_code == 404
+
+
+def test_it_lists_versions_newest_first(served_project, viewer_api):
+    response = viewer_api.get("/api/v1/projects/flowers/versions")
+
+    versions = response.json()["results"]
+    assert [(v["number"], v["is_active"]) for v in versions] == [(2, False), (1, True)]
+    assert viewer_api.get("/api/v1/projects/flowers/versions/2").json()["class_names"] == [
+        "ant",
+        "bee",
+        "cow",
+    ]
+    assert viewer_api.get("/api/v1/projects/flowers/versions/9").status_code == 404
+
+
+def test_it_activates_a_version_for_a_version_manager(served_project, manager_api):
+    response = manager_api.post("/api/v1/projects/flowers/versions/2/activate")
+
+    assert response.status_code == 200
+    assert response.json()["is_active"] is True
+    assert served_project.active_version.number == 2
+
+
+def test_it_refuses_activation_without_the_permission(served_project, viewer_api):
+    response = viewer_api.post("/api/v1/projects/flowers/versions/2/activate")
+
+    assert response.status_code == 403
+    assert response.json()["code"] == "permission_denied"
+    assert served_project.active_version.number == 1
+
+
+def test_it_rolls_back_to_the_previous_version(served_project, manager_api):
+    manager_api.post("/api/v1/projects/flowers/versions/2/activate")
+
+    response = manager_api.post("/api/v1/projects/flowers/rollback")
+
+    assert response.status_code == 200
+    assert response.json()["number"] == 1
+    assert ModelVersion.objects.get(is_active=True).number == 1
+
+
+def test_it_answers_400_when_there_is_nothing_to_roll_back_to(served_project, manager_api):
+    response = manager_api.post("/api/v1/projects/flowers/rollback")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+
+
+def test_it_refuses_to_start_a_job_without_the_permission(served_project, viewer_api):
+    dataset = make_dataset(served_project)
+
+    response = viewer_api.post(
+        "/api/v1/projects/flowers/jobs", {"dataset": dataset.pk}, format="json"
+    )
+
+    assert response.status_code == 403
+    assert not TrainingJob.objects.exists()
+
+
+def test_it_answers_400_for_an_invalid_training_config(served_project, trainer_api):
+    dataset = make_dataset(served_project)
+
+    response = trainer_api.post(
+        "/api/v1/projects/flowers/jobs",
+        {"dataset": dataset.pk, "config": {"epochs": 0}},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "epochs" in response.json()["detail"]
+
+
+def test_it_answers_400_for_a_dataset_of_another_project(served_project, trainer_api):
+    from tests.factories import make_project
+
+    other = make_dataset(make_project("Birds"))
+
+    response = trainer_api.post(
+        "/api/v1/projects/flowers/jobs", {"dataset": other.pk}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "dataset" in response.json()["errors"]
+
+
+@pytest.mark.slow
+def test_it_answers_503_when_no_worker_is_running(served_project, trainer_api, broker):
+    dataset = make_dataset(served_project)
+
+    response = trainer_api.post(
+        "/api/v1/projects/flowers/jobs", {"dataset": dataset.pk}, format="json"
+    )
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "queue_unavailable"
+    assert "worker" in response.json()["detail"]
+    assert not TrainingJob.objects.exists()
+
+
+@pytest.mark.slow
+def test_it_starts_a_job_when_a_worker_answers(served_project, trainer_api, start_worker):
+    start_worker(queues="default")
+    dataset = make_dataset(served_project)
+
+    response = trainer_api.post(
+        "/api/v1/projects/flowers/jobs",
+        {"dataset": dataset.pk, "config": {"epochs": 2}, "activate_on_success": True},
+        format="json",
+    )
+
+    assert response.status_code == 201
+    job = TrainingJob.objects.get()
+    assert response.json()["id"] == job.pk
+    assert response.json()["status"] == "queued"
+    assert job.config["epochs"] == 2 and job.activate_on_success
+
+
+def test_it_serves_the_openapi_schema(client, db):
+    response = client.get("/api/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert "/api/v1/projects/{slug}/classify" in paths
+    assert "/api/v1/projects/{slug}/batches" in paths
+
+
+def test_it_serves_the_api_docs_page_with_local_assets(client, db):
+    response = client.get("/api/v1/docs")
+
+    assert response.status_code == 200
+    assert b"swagger-ui" in response.content
+    assert b"cdn" not in response.content.lower()
