@@ -1,0 +1,201 @@
+"""Training pages: the start form, the live job page, cancelling."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from django.urls import reverse
+
+from tests.factories import make_dataset, make_job, make_project, make_version
+from webapp import services
+from webapp.models import EpochRecord, TrainingJob
+
+
+@pytest.fixture
+def project(db):
+    return make_project("Flowers")
+
+
+@pytest.fixture
+def dataset(project):
+    return make_dataset(project, "photos")
+
+
+@pytest.fixture
+def queue_up():
+    with mock.patch("webapp.services._check_queue"):
+        yield
+
+
+def test_it_shows_the_recipe_defaults_with_advanced_folded(trainer_client, project, dataset):
+    response = trainer_client.get(reverse("job_create", args=[project.slug]))
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert 'name="image_size" value="224"' in content
+    assert 'name="head_units" value="1024,512"' in content
+    assert '<details class="card" id="advanced" >' in content  # closed
+
+
+def test_it_forbids_training_without_the_permission(viewer_client, project, dataset):
+    url = reverse("job_create", args=[project.slug])
+    assert viewer_client.get(url).status_code == 403
+    assert viewer_client.post(url, {"dataset": dataset.pk}).status_code == 403
+
+
+def _form(dataset, **changes):
+    data = {
+        "dataset": dataset.pk,
+        "epochs": 3,
+        "weights": "none",
+        "alpha": "0.35",
+        "image_size": 32,
+        "batch_size": 8,
+        "learning_rate": 0.001,
+        "head_units": "16",
+        "dropout": 0.2,
+        "build": "functional",
+        "fine_tune_layers": 0,
+        "fine_tune_epochs": 0,
+        "fine_tune_learning_rate": 1e-5,
+        "validation_split": 0.2,
+        "seed": 1,
+        "early_stopping_patience": 0,
+        "use_feature_cache": "on",
+    }
+    return {**data, **changes}
+
+
+def test_it_starts_a_job_with_the_chosen_config(trainer_client, project, dataset, queue_up):
+    response = trainer_client.post(
+        reverse("job_create", args=[project.slug]), _form(dataset, activate_on_success="on")
+    )
+    job = TrainingJob.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == job.get_absolute_url()
+    assert job.config["image_size"] == 32
+    assert job.config["head_units"] == [16]
+    assert job.config["weights"] == "none"
+    assert job.activate_on_success is True
+    assert job.epochs_total == 3
+
+
+def test_it_shows_field_errors_inline_and_opens_advanced(trainer_client, project, dataset):
+    response = trainer_client.post(
+        reverse("job_create", args=[project.slug]), _form(dataset, image_size=8, head_units="x")
+    )
+    content = response.content.decode()
+    assert response.status_code == 400
+    assert "greater than or equal to 32" in content
+    assert "whole numbers separated by commas" in content
+    assert 'id="advanced" open' in content
+    assert not TrainingJob.objects.exists()
+
+
+def test_it_shows_dataset_problems_from_the_service(trainer_client, project, queue_up):
+    small = make_dataset(project, "tiny", class_counts={"a": 1, "b": 5})
+    response = trainer_client.post(reverse("job_create", args=[project.slug]), _form(small))
+    assert response.status_code == 400
+    assert "too few in: a" in response.content.decode()
+
+
+def test_it_refuses_another_projects_dataset(trainer_client, project, dataset, queue_up):
+    other = make_dataset(make_project("Birds"), "birds")
+    response = trainer_client.post(reverse("job_create", args=[project.slug]), _form(other))
+    assert response.status_code == 400
+    assert not TrainingJob.objects.exists()
+
+
+def test_it_says_when_the_queue_is_down(trainer_client, project, dataset):
+    down = services.QueueUnavailable("No training worker is running, so the job would never start.")
+    with mock.patch("webapp.services._check_queue", side_effect=down):
+        response = trainer_client.post(reverse("job_create", args=[project.slug]), _form(dataset))
+    assert response.status_code == 503
+    assert "No training worker is running" in response.content.decode()
+    assert not TrainingJob.objects.exists()
+
+
+def test_it_offers_to_add_a_dataset_when_none_is_ready(trainer_client, project):
+    response = trainer_client.get(reverse("job_create", args=[project.slug]))
+    assert b"no ready dataset" in response.content
+
+
+def _running_job(project, dataset) -> TrainingJob:
+    job = make_job(
+        project,
+        dataset,
+        status=TrainingJob.Status.RUNNING,
+        phase="training",
+        epoch=2,
+        epochs_total=5,
+        batch=3,
+        batches_total=10,
+        progress=0.46,
+        eta_seconds=75,
+    )
+    for epoch, loss in ((1, 0.9), (2, 0.5)):
+        EpochRecord.objects.create(
+            job=job, epoch=epoch, loss=loss, accuracy=0.6, val_loss=loss + 0.1, val_accuracy=0.5
+        )
+    return job
+
+
+def test_it_shows_live_progress_and_history(viewer_client, project, dataset):
+    job = _running_job(project, dataset)
+    response = viewer_client.get(job.get_absolute_url())
+    content = response.content.decode()
+    assert 'value="46" max="100"' in content
+    assert "batch 3 of 10" in content
+    assert "1 min 15 s" in content
+    assert 'hx-trigger="every 1s"' in content
+    live = viewer_client.get(reverse("job_live", args=[job.pk]))
+    assert b'<script id="job-history" type="application/json">' in live.content
+    history = live.context["history"]
+    assert history["epoch"] == [1, 2]
+    assert history["val_loss"] == [1.0, 0.6]
+
+
+def test_it_stops_polling_and_links_the_version_when_done(viewer_client, project, dataset):
+    job = make_job(project, dataset, status=TrainingJob.Status.SUCCEEDED, progress=1.0)
+    version = make_version(project, 1, job=job, is_active=True)
+    live = viewer_client.get(reverse("job_live", args=[job.pk])).content.decode()
+    assert "every 1s" not in live
+    assert version.get_absolute_url() in live
+
+
+def test_it_shows_why_a_job_failed(viewer_client, project, dataset):
+    job = make_job(project, dataset, status=TrainingJob.Status.FAILED, error="Out of memory.")
+    assert b"Out of memory." in viewer_client.get(job.get_absolute_url()).content
+
+
+def test_it_returns_404_for_an_unknown_job(viewer_client, db):
+    assert viewer_client.get(reverse("job_detail", args=[999])).status_code == 404
+
+
+def test_it_cancels_a_queued_job(trainer_client, project, dataset):
+    job = make_job(project, dataset)
+    response = trainer_client.post(reverse("job_cancel", args=[job.pk]), follow=True)
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.CANCELLED
+    assert b"cancelled" in response.content
+
+
+def test_it_asks_a_running_job_to_stop(trainer_client, project, dataset):
+    job = _running_job(project, dataset)
+    trainer_client.post(reverse("job_cancel", args=[job.pk]))
+    job.refresh_from_db()
+    assert job.cancel_requested and job.status == TrainingJob.Status.RUNNING
+
+
+def test_it_says_a_finished_job_cannot_be_cancelled(trainer_client, project, dataset):
+    job = make_job(project, dataset, status=TrainingJob.Status.SUCCEEDED)
+    response = trainer_client.post(reverse("job_cancel", args=[job.pk]), follow=True)
+    assert b"already succeeded" in response.content
+
+
+def test_it_guards_cancel(viewer_client, trainer_client, project, dataset):
+    job = make_job(project, dataset)
+    assert viewer_client.post(reverse("job_cancel", args=[job.pk])).status_code == 403
+    assert trainer_client.get(reverse("job_cancel", args=[job.pk])).status_code == 405
+    job.refresh_from_db()
+    assert job.status == TrainingJob.Status.QUEUED
