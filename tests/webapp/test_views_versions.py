@@ -1,0 +1,184 @@
+"""Version pages: metrics, downloads, and the confirmed, permission-checked, audited actions."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from tests.factories import make_dataset, make_job, make_project, make_version
+from webapp.models import ActivationEvent, EpochRecord, ModelVersion
+from webapp.services import model_version_activate
+
+METRICS = {
+    "accuracy": 0.75,
+    "loss": 0.61,
+    "class_names": ["cat", "dog"],
+    "per_class": {
+        "cat": {"precision": 0.8, "recall": 0.667, "f1": 0.727, "support": 6},
+        "dog": {"precision": 0.7, "recall": 0.833, "f1": 0.761, "support": 6},
+    },
+    "confusion_matrix": [[4, 2], [1, 5]],
+    "most_confident_wrong": [
+        {"path": "cat/c1.jpg", "true": "cat", "predicted": "dog", "confidence": 0.93}
+    ],
+}
+
+
+@pytest.fixture
+def project(db):
+    return make_project("Pets")
+
+
+@pytest.fixture
+def versions(project, data_dir):
+    """v1 (active) and v2, each with artifact files on disk."""
+    dataset = make_dataset(project, "pets", class_counts={"cat": 6, "dog": 6})
+    made = []
+    for number in (1, 2):
+        job = make_job(project, dataset, status="succeeded", config={"epochs": 2})
+        EpochRecord.objects.create(job=job, epoch=1, loss=0.9, val_loss=1.0, accuracy=0.5)
+        version = make_version(
+            project,
+            number,
+            job=job,
+            dataset=dataset,
+            class_names=["cat", "dog"],
+            metrics=METRICS,
+            val_accuracy=0.75,
+            config={"alpha": 0.35, "image_size": 32, "epochs": 2, "head_units": [16]},
+        )
+        version.path.mkdir(parents=True)
+        for name in ModelVersion.DOWNLOADS:
+            (version.path / name).write_bytes(b"x" * 10)
+        made.append(version)
+    model_version_activate(version=made[0])
+    return made
+
+
+def test_it_shows_metrics_heat_map_mistakes_lineage_and_downloads(viewer_client, versions):
+    v1 = versions[0]
+    content = viewer_client.get(v1.get_absolute_url()).content.decode()
+    assert 'id="active-badge"' in content
+    assert "0.727" in content  # per-class F1
+    assert "--share: 67" in content and "--share: 83" in content  # heat map row shares
+    assert f"/datasets/{v1.dataset.pk}/thumb/cat/c1.jpg" in content
+    assert "α 0.35 · 32 px · 2 epochs · head 16" in content
+    assert reverse("version_download", args=["pets", 1, "model.tflite"]) in content
+    assert v1.job.get_absolute_url() in content
+    assert "Activated" in content  # the activation log
+
+
+def test_it_lists_versions_per_project(viewer_client, versions):
+    content = viewer_client.get(reverse("project_detail", args=["pets"])).content.decode()
+    assert versions[1].get_absolute_url() in content
+    assert "badge-active" in content
+    assert "α 0.35" in content
+
+
+def test_it_downloads_artifacts(viewer_client, versions):
+    response = viewer_client.get(reverse("version_download", args=["pets", 2, "model.keras"]))
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == b"x" * 10
+    assert 'filename="pets-v2-model.keras"' in response["Content-Disposition"]
+
+
+@pytest.mark.parametrize(
+    "args", [("pets", 2, "secret.txt"), ("pets", 9, "model.keras"), ("other", 1, "model.keras")]
+)
+def test_it_returns_404_for_unknown_files_and_versions(viewer_client, versions, args):
+    make_project("Other")
+    assert viewer_client.get(reverse("version_download", args=args)).status_code == 404
+
+
+def test_it_hides_a_version_under_another_project(viewer_client, versions):
+    make_project("Other")
+    assert viewer_client.get(reverse("version_detail", args=["other", 1])).status_code == 404
+
+
+def test_it_shows_actions_to_managers_only(viewer_client, manager_client, versions):
+    url = versions[1].get_absolute_url()
+    assert b'id="version-actions"' not in viewer_client.get(url).content
+    assert b'id="version-actions"' in manager_client.get(url).content
+
+
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("version_activate", ["pets", 2]),
+        ("version_delete", ["pets", 2]),
+        ("project_rollback", ["pets"]),
+    ],
+)
+def test_it_forbids_version_actions_without_the_permission(trainer_client, versions, name, args):
+    url = reverse(name, args=args)
+    assert trainer_client.get(url).status_code == 403
+    assert trainer_client.post(url).status_code == 403
+    assert ModelVersion.objects.get(is_active=True).number == 1
+    assert ModelVersion.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("version_activate", ["pets", 2]),
+        ("version_delete", ["pets", 2]),
+        ("project_rollback", ["pets"]),
+    ],
+)
+def test_it_refuses_other_methods_on_actions(manager_client, versions, name, args):
+    assert manager_client.put(reverse(name, args=args)).status_code == 405
+
+
+def test_it_confirms_then_activates_and_audits(manager_client, manager, versions):
+    url = reverse("version_activate", args=["pets", 2])
+    confirm = manager_client.get(url)
+    assert b"Activate v2?" in confirm.content
+    assert b"instead of v1" in confirm.content
+    assert ModelVersion.objects.get(is_active=True).number == 1  # GET changes nothing
+
+    response = manager_client.post(url, follow=True)
+    assert ModelVersion.objects.get(is_active=True).number == 2
+    event = ActivationEvent.objects.first()
+    assert (event.action, event.version_number, event.previous_number, event.user) == (
+        "activate",
+        2,
+        1,
+        manager,
+    )
+    assert b"v2 is now active" in response.content
+
+
+def test_it_rolls_back_to_the_previously_active_version(manager_client, versions):
+    manager_client.post(reverse("version_activate", args=["pets", 2]))
+    confirm = manager_client.get(reverse("project_rollback", args=["pets"]))
+    assert b"Roll back from v2" in confirm.content
+    response = manager_client.post(reverse("project_rollback", args=["pets"]), follow=True)
+    assert ModelVersion.objects.get(is_active=True).number == 1
+    assert ActivationEvent.objects.first().action == "rollback"
+    assert b"Rolled back: v1 is active again" in response.content
+    assert b"Rolled back" in response.content
+
+
+def test_it_says_when_there_is_nothing_to_roll_back_to(manager_client, versions):
+    response = manager_client.post(reverse("project_rollback", args=["pets"]), follow=True)
+    assert b"no earlier active version" in response.content
+    assert ModelVersion.objects.get(is_active=True).number == 1
+
+
+def test_it_deletes_an_inactive_version_and_its_files(
+    manager_client, versions, django_capture_on_commit_callbacks
+):
+    path = versions[1].path
+    with django_capture_on_commit_callbacks(execute=True):
+        response = manager_client.post(reverse("version_delete", args=["pets", 2]))
+    assert response["Location"] == reverse("project_detail", args=["pets"])
+    assert not ModelVersion.objects.filter(number=2).exists()
+    assert not path.exists()
+    assert ActivationEvent.objects.first().action == "delete"
+
+
+def test_it_never_deletes_the_active_version(manager_client, versions):
+    response = manager_client.post(reverse("version_delete", args=["pets", 1]), follow=True)
+    assert b"active version cannot be deleted" in response.content
+    assert versions[0].path.exists()
+    assert ModelVersion.objects.filter(number=1).exists()
