@@ -1,0 +1,153 @@
+"""Classify page: photos in, top-5 labels out; corrections and adding to a dataset."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from tests.factories import make_project
+from tests.images import jpeg_bytes
+from tests.webapp.conftest import SERVED_LABELS
+from webapp import services
+from webapp.models import Prediction
+
+HTMX = {"HX-Request": "true"}
+
+
+def _photo(name="cat.jpg", colour=(200, 30, 30)):
+    return SimpleUploadedFile(name, jpeg_bytes(colour), content_type="image/jpeg")
+
+
+def test_it_says_when_nothing_can_classify(viewer_client, db):
+    response = viewer_client.get(reverse("classify"))
+    assert b"No project has an active model version" in response.content
+    assert b'id="classify-form"' not in response.content
+
+
+def test_it_offers_the_camera_and_many_photos(viewer_client, served_project):
+    content = viewer_client.get(reverse("classify")).content.decode()
+    assert 'accept="image/*" multiple' in content
+    assert 'capture="environment"' in content
+
+
+def test_it_classifies_several_photos_with_top_5_bars(viewer_client, served_project):
+    response = viewer_client.post(
+        reverse("classify_photos"),
+        {"project": "flowers", "photos": [_photo(), _photo("b.jpg", (0, 0, 200))]},
+        headers=HTMX,
+    )
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert Prediction.objects.count() == 2
+    assert content.count('class="prediction fresh"') == 2
+    assert all(label in content for label in SERVED_LABELS[1])
+    assert "Flowers v1" in content and " ms " in content
+    assert "<html" not in content  # a partial for htmx
+
+
+def test_it_explains_a_photo_it_cannot_read(viewer_client, served_project):
+    bad = SimpleUploadedFile("notes.jpg", b"not an image", content_type="image/jpeg")
+    response = viewer_client.post(
+        reverse("classify_photos"), {"project": "flowers", "photos": [bad, _photo()]}, follow=True
+    )
+    content = response.content.decode()
+    assert "notes.jpg" in content and 'class="prediction failed"' in content
+    assert Prediction.objects.count() == 1
+
+
+def test_it_offers_a_project_selector_when_several_can_classify(viewer_client, served_project):
+    from webapp.models import ModelVersion
+
+    birds = make_project("Birds")
+    ModelVersion.objects.create(project=birds, number=1, directory="x", is_active=True)
+    content = viewer_client.get(reverse("classify") + "?project=birds").content.decode()
+    assert '<select name="project"' in content
+    assert '<option value="birds" selected>' in content
+
+
+def test_it_refuses_a_project_without_an_active_version(viewer_client, served_project):
+    make_project("Empty")
+    response = viewer_client.post(
+        reverse("classify_photos"), {"project": "empty", "photos": [_photo()]}, headers=HTMX
+    )
+    assert response.status_code == 400
+    assert not Prediction.objects.exists()
+
+
+def test_it_refuses_get_on_classify_photos(viewer_client, db):
+    assert viewer_client.get(reverse("classify_photos")).status_code == 405
+
+
+def _prediction(project, user):
+    return services.prediction_create(
+        project=project, image=jpeg_bytes(), filename="x.jpg", user=user
+    )
+
+
+def test_it_stores_a_correction(viewer_client, viewer, served_project):
+    prediction = _prediction(served_project, viewer)
+    response = viewer_client.post(
+        reverse("prediction_correct", args=[prediction.pk]), {"label": "eel"}, headers=HTMX
+    )
+    prediction.refresh_from_db()
+    assert prediction.corrected_label == "eel"
+    assert prediction.corrected_by == viewer
+    assert b"really eel" in response.content
+
+
+def test_it_refuses_a_bad_correction_inline(viewer_client, viewer, served_project):
+    prediction = _prediction(served_project, viewer)
+    response = viewer_client.post(
+        reverse("prediction_correct", args=[prediction.pk]), {"label": "../x"}, headers=HTMX
+    )
+    assert response.status_code == 400
+    assert b"cannot be a class name" in response.content
+    prediction.refresh_from_db()
+    assert prediction.corrected_label == ""
+
+
+def test_it_adds_a_corrected_photo_to_a_dataset(trainer_client, served_project, settings):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = True
+    dataset = services.dataset_create_empty(project=served_project, name="fixes")
+    prediction = _prediction(served_project, None)
+    services.prediction_correct(prediction=prediction, label="eel")
+    response = trainer_client.post(
+        reverse("prediction_add_to_dataset", args=[prediction.pk]),
+        {"dataset": dataset.pk},
+        headers=HTMX,
+    )
+    dataset.refresh_from_db()
+    assert response.status_code == 200
+    assert dataset.class_counts == {"eel": 1}
+    assert b"added to fixes" in response.content
+
+
+def test_it_says_when_the_photo_was_not_kept(trainer_client, served_project, settings):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = False
+    dataset = services.dataset_create_empty(project=served_project, name="fixes")
+    prediction = _prediction(served_project, None)
+    response = trainer_client.post(
+        reverse("prediction_add_to_dataset", args=[prediction.pk]),
+        {"dataset": dataset.pk},
+        headers=HTMX,
+    )
+    assert response.status_code == 400
+    assert b"was not kept" in response.content
+
+
+def test_it_forbids_adding_to_a_dataset_without_the_train_permission(viewer_client, served_project):
+    prediction = _prediction(served_project, None)
+    url = reverse("prediction_add_to_dataset", args=[prediction.pk])
+    assert viewer_client.post(url, {"dataset": 1}).status_code == 403
+
+
+def test_it_returns_404_for_an_unknown_prediction(viewer_client, db):
+    url = reverse("prediction_correct", args=[999])
+    assert viewer_client.post(url, {"label": "x"}).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["prediction_correct", "prediction_add_to_dataset"])
+def test_it_refuses_get_on_prediction_changes(trainer_client, served_project, name):
+    prediction = _prediction(served_project, None)
+    assert trainer_client.get(reverse(name, args=[prediction.pk])).status_code == 405
