@@ -1,0 +1,285 @@
+"""Load test of Graft's production server against the two naive serving designs.
+
+Usage: python bench/serve_load.py [--version-dir DIR | --alpha 1.0] [--concurrency 4]
+       [--duration 10] [--naive-duration 20] [--skip-naive]
+
+Starts, one after the other on loopback: Graft under ``gunicorn -c gunicorn.conf.py``
+(LiteRT, the real API with token auth and the prediction log), then the two naive designs
+from ``bench/naive_apps.py`` under the same gunicorn settings (Keras model loaded per
+request; Keras model cached, ``model.predict``). For each: N client threads each POST a
+320x240 JPEG (multipart ``image``) over keep-alive connections for the given time, then
+p50/p99 latency, throughput and the resident memory of each web worker are printed.
+
+Without ``--version-dir`` a version is exported once into var/bench/ from MobileNetV2 with
+ImageNet weights (``KERAS_HOME``) and an untrained 5-class head: speed does not depend on
+what the head learned. Figures only; nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+SETUP = """
+import os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+from webapp.models import ModelVersion, Project
+from webapp.services import model_version_activate
+user = User.objects.create_user("bench", password="x")
+project = Project.objects.create(name="Bench", slug="bench")
+os.makedirs(os.path.join(os.environ["GRAFT_DATA_DIR"], "models/bench"), exist_ok=True)
+os.symlink(sys.argv[1], os.path.join(os.environ["GRAFT_DATA_DIR"], "models/bench/v1"))
+version = ModelVersion.objects.create(project=project, number=1, directory="models/bench/v1")
+model_version_activate(version=version)
+print(Token.objects.create(user=user).key)
+"""
+
+
+def build_version(out: Path, alpha: float, size: int) -> Path:
+    """Export MobileNetV2(alpha) @ size with ImageNet weights and a fresh head (once)."""
+    if out.is_dir():
+        return out
+    print(f"Exporting MobileNetV2 alpha={alpha} @{size} to {out} ...", flush=True)
+    command = [sys.executable, __file__, "--export-to", str(out), "--alpha", str(alpha)]
+    subprocess.run([*command, "--image-size", str(size)], check=True, cwd=ROOT)
+    return out
+
+
+def export(out: Path, alpha: float, size: int) -> None:
+    """Runs in its own process: the only place here that imports TensorFlow."""
+    sys.path.insert(0, str(ROOT))
+    from classifier.config import TrainConfig
+    from classifier.export import export_version
+    from classifier.model import build_model
+
+    config = TrainConfig(image_size=size, alpha=alpha, weights="imagenet", epochs=1)
+    model = build_model(len(LABELS), config)
+    export_version(
+        model, out, class_names=LABELS, config=config, metrics={}, history=[], dataset={}
+    )
+
+
+def photo() -> bytes:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def multipart(image: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A gunicorn process group on loopback, stopped with SIGTERM."""
+
+    def __init__(self, app: str, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        env = {**env, "GRAFT_BIND": f"127.0.0.1:{self.port}"}
+        self.log = log
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited:\n{log.read_text()[-3000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("gunicorn did not start in 120 s")
+
+    def worker_rss_mb(self) -> list[float]:
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        pids = children.read_text().split()
+        return [rss_mb(int(pid)) for pid in pids]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(
+    port: int, path: str, body: bytes, ctype: str, headers: dict, clients: int, seconds: float
+) -> dict[str, float]:
+    """``clients`` threads POST for ``seconds``; latencies of the requests that finished."""
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        mine = []
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            conn.request("POST", path, body, {"Content-Type": ctype, **headers})
+            response = conn.getresponse()
+            data = response.read()
+            elapsed = (time.perf_counter() - started) * 1000
+            if response.status != 200:
+                errors.append(f"{response.status} {data[:200]!r}")
+                continue
+            mine.append(elapsed)
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    if errors:
+        print(f"  {len(errors)} errors, first: {errors[0]}")
+    values = np.array(latencies) if latencies else np.array([np.nan])
+    return {
+        "requests": len(latencies),
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "per_s": len(latencies) / wall,
+    }
+
+
+def report(name: str, figures: dict[str, float], rss: list[float]) -> None:
+    print(
+        f"{name:<34} {figures['requests']:>6} req  p50 {figures['p50_ms']:8.1f} ms  "
+        f"p99 {figures['p99_ms']:8.1f} ms  {figures['per_s']:7.1f} /s  "
+        f"worker RSS {', '.join(f'{r:.0f}' for r in rss)} MB",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version-dir", type=Path)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--naive-duration", type=float, default=20.0)
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--export-to", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.export_to:
+        return export(args.export_to, args.alpha, args.image_size)
+
+    version = args.version_dir or build_version(
+        ROOT / "var" / "bench" / f"mobilenetv2-{args.alpha}-{args.image_size}",
+        args.alpha,
+        args.image_size,
+    )
+    version = version.resolve()
+    body, ctype = multipart(photo())
+    tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
+    (tmp / "var").mkdir()
+    env = {
+        **os.environ,
+        "GRAFT_VAR_DIR": str(tmp / "var"),
+        "GRAFT_DATA_DIR": str(tmp / "data"),
+        "GRAFT_API_RATE": "off",
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
+        "LOG_LEVEL": "WARNING",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GRAFT_BENCH_VERSION": str(version),
+    }
+    token = subprocess.run(
+        [sys.executable, "-c", SETUP, str(version)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout.split()[-1]
+    meta = json.loads((version / "metadata.json").read_text())
+    print(
+        f"Version: {version} (MobileNetV2 alpha={meta['config']['alpha']}, "
+        f"{meta['image_size']}px); 320x240 JPEG; {args.concurrency} clients; "
+        f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    designs = [
+        ("graft (gunicorn + LiteRT + API)", "webapp.wsgi:application", args.duration),
+    ]
+    naive = args.naive_duration
+    if not args.skip_naive:
+        designs += [
+            ("naive: Keras loaded per request", "bench.naive_apps:per_request", naive),
+            ("naive: Keras cached, predict()", "bench.naive_apps:cached", naive),
+        ]
+    for name, app, seconds in designs:
+        server = Server(app, env, tmp / f"{app.replace(':', '_')}.log")
+        try:
+            is_graft = app.startswith("webapp")
+            path = "/api/v1/projects/bench/classify" if is_graft else "/"
+            headers = {"Authorization": f"Token {token}"} if is_graft else {}
+            # Warm up: every worker loads its model before the clock starts.
+            load(server.port, path, body, ctype, headers, args.concurrency * 2, 0.5)
+            figures = load(server.port, path, body, ctype, headers, args.concurrency, seconds)
+            report(name, figures, server.worker_rss_mb())
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

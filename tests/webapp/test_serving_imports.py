@@ -1,0 +1,68 @@
+"""Classifying through the whole web stack (URL -> DRF view -> service -> predictor ->
+LiteRT) must not import TensorFlow or Keras: checked in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CLASSIFY = """
+import io, json, os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from django.contrib.auth.models import User
+from PIL import Image
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+from webapp.models import ModelVersion, Project
+from webapp.services import model_version_activate
+
+project = Project.objects.create(name="Flowers", slug="flowers")
+version = ModelVersion.objects.create(project=project, number=1, directory=sys.argv[1])
+model_version_activate(version=version)
+client = APIClient()
+token = Token.objects.create(user=User.objects.create_user("u", password="p"))
+client.credentials(HTTP_AUTHORIZATION="Token " + token.key)
+buffer = io.BytesIO()
+Image.new("RGB", (320, 240), (10, 120, 200)).save(buffer, "JPEG")
+buffer.name = "p.jpg"
+buffer.seek(0)
+response = client.post("/api/v1/projects/flowers/classify", {"image": buffer})
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+print(json.dumps({"status": response.status_code, "body": response.json(), "heavy": heavy}))
+"""
+
+
+def test_it_classifies_through_the_web_stack_without_importing_tensorflow(
+    tmp_path, tiny_version_dirs
+):
+    env = {
+        **os.environ,
+        "GRAFT_VAR_DIR": str(tmp_path / "var"),
+        "GRAFT_DATA_DIR": str(tmp_path / "data"),
+        "SECRET_KEY": "test",
+        "ALLOWED_HOSTS": "testserver",
+    }
+    (tmp_path / "var").mkdir()
+
+    out = subprocess.run(
+        [sys.executable, "-c", CLASSIFY, str(tiny_version_dirs[1])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == 200, result["body"]
+    assert result["body"]["version"] == 1
+    assert result["heavy"] == []
