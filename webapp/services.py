@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -834,11 +835,21 @@ def prediction_create(
         user=user if user is not None and user.is_authenticated else None,
     )
     if settings.GRAFT_KEEP_PREDICTION_IMAGES:
-        suffix = Path(filename).suffix.lower()
-        suffix = suffix if suffix in SUPPORTED_SUFFIXES else ".img"
-        prediction.image.save(f"{digest[:32]}{suffix}", ContentFile(image), save=False)
+        name = f"{digest[:32]}{_image_suffix(image, filename)}"
+        prediction.image.save(name, ContentFile(image), save=False)
     prediction.save()
     return prediction
+
+
+def _image_suffix(image: bytes, filename: str) -> str:
+    """The file suffix for a photo that decoded fine: its own, else from its format."""
+    suffix = Path(filename).suffix.lower()
+    if suffix in SUPPORTED_SUFFIXES:
+        return suffix
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as opened:
+        return {"JPEG": ".jpg", "MPO": ".jpg"}.get(opened.format, f".{opened.format.lower()}")
 
 
 def prediction_correct(
@@ -890,7 +901,10 @@ def prediction_add_to_dataset(
         raise ValidationError("The kept photo is missing from storage.") from None
     label = prediction.corrected_label or prediction.label
     name = f"prediction-{prediction.pk}{Path(prediction.image.name).suffix}"
-    dataset_add_images(dataset=dataset, class_name=label, files=[(name, data)], user=user)
+    report = dataset_add_images(dataset=dataset, class_name=label, files=[(name, data)], user=user)
+    if not report.written:
+        reason = report.rejected[0][1] if report.rejected else "refused"
+        raise ValidationError(f"The photo could not be added: {reason}.")
     Prediction.objects.filter(pk=prediction.pk).update(added_to_dataset=dataset)
     prediction.refresh_from_db()
     return prediction
