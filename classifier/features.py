@@ -92,7 +92,7 @@ def extract_features(
     ``content_hashes[i]`` is the sha256 of ``relpaths[i]``'s bytes (``DatasetScan.files``).
     Missing photos are decoded with ``images.load_image`` in a thread pool and pushed
     through the trunk (LiteRT when the converted trunk is available or can be made,
-    ``trunk_factory()`` with ``predict_on_batch`` otherwise); the new rows are stored before
+    ``trunk_factory()`` called directly otherwise); the new rows are stored before
     returning. ``progress(done, total)`` is called after each extracted batch and may raise
     (e.g. ``TrainingCancelled``) to abandon the extraction; nothing partial is stored.
     """
@@ -204,7 +204,8 @@ def _runner(
         except Exception as exc:
             log.warning("LiteRT could not load the trunk, extracting with TensorFlow: %s", exc)
     trunk = trunk_factory()
-    return (lambda pixels: np.asarray(trunk.predict_on_batch(pixels))), "tensorflow"
+    # A direct call: predict_on_batch would first spend seconds tracing a graph.
+    return (lambda pixels: np.asarray(trunk(pixels, training=False))), "tensorflow"
 
 
 def _load_index(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

@@ -354,6 +354,7 @@ class _Run:
             epochs=end_epoch,
             initial_epoch=state["epoch"],
             validation_data=val_ds,
+            shuffle=False,  # the pipeline shuffles, every epoch
             callbacks=[bridge],
             verbose=0,
         )

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from classifier import features as features_module
+from classifier.config import TrainConfig
+from classifier.errors import DatasetError, TrainingCancelled
+from classifier.train import TrainCallbacks, train
+
+CLASSES = {"a": 10, "b": 10, "c": 10}
+
+
+@pytest.fixture
+def dataset(tmp_path, make_image_folder):
+    return make_image_folder(tmp_path / "ds", classes=CLASSES)
+
+
+@pytest.fixture
+def no_litert(monkeypatch):
+    """Extract with TensorFlow: converting a trunk for LiteRT takes seconds per test."""
+    monkeypatch.setattr(features_module, "trunk_tflite", lambda *args: None)
+
+
+def _config(**overrides) -> TrainConfig:
+    defaults = {
+        "weights": "none",
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "head_units": (32,),
+        "learning_rate": 3e-3,
+    }
+    return TrainConfig(**{**defaults, **overrides})
+
+
+class Recorder(TrainCallbacks):
+    def __init__(self, stop_at_epoch: int | None = None) -> None:
+        self.phases: list[str] = []
+        self.batches: list[tuple[int, int, int]] = []
+        self.epochs: list[tuple[int, dict]] = []
+        self.stop_at_epoch = stop_at_epoch
+
+    def on_phase(self, phase, detail):
+        self.phases.append(phase)
+
+    def on_batch(self, epoch, batch, batches):
+        self.batches.append((epoch, batch, batches))
+
+    def on_epoch(self, epoch, logs):
+        self.epochs.append((epoch, logs))
+
+    def should_stop(self):
+        return self.stop_at_epoch is not None and any(
+            epoch == self.stop_at_epoch for epoch, _, _ in self.batches
+        )
+
+
+def test_it_learns_on_cached_features_exports_and_hits_the_cache_next_time(tmp_path, dataset):
+    recorder = Recorder()
+    config = _config(epochs=3)
+
+    result = train(
+        dataset, config, out_dir=tmp_path / "v1", cache_dir=tmp_path / "cache", callbacks=recorder
+    )
+
+    assert recorder.phases == ["scanning", "extracting", "training", "evaluating", "exporting"]
+    assert [epoch for epoch, _ in recorder.epochs] == [1, 2, 3]
+    assert len(result.history) == 3
+    assert set(result.history[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert {"learning_rate", "seconds", "phase"} <= set(recorder.epochs[0][1])
+    steps = -(-len(result.train_files) // config.batch_size)
+    assert [b for b in recorder.batches if b[0] == 3] == [
+        (3, i, steps) for i in range(1, steps + 1)
+    ]
+    assert any(epoch == 0 for epoch, _, _ in recorder.batches)  # extraction progress
+    assert result.metrics["accuracy"] >= 0.9
+    assert not result.cache_hit
+    assert result.stats["extraction"]["engine"] == "litert"
+    meta = json.loads((result.version_dir / "metadata.json").read_text())
+    assert meta["dataset"]["fingerprint"] == result.fingerprint
+    assert json.loads((result.version_dir / "labels.json").read_text()) == ["a", "b", "c"]
+    json.dumps(result.to_dict())
+
+    again = train(dataset, config, cache_dir=tmp_path / "cache")
+    assert again.cache_hit
+    assert again.val_files == result.val_files  # same seed: same split, init and shuffling
+    assert [h["loss"] for h in again.history] == pytest.approx(
+        [h["loss"] for h in result.history], rel=1e-4
+    )
+
+
+def test_it_learns_on_the_streaming_pipeline_with_augmentation_and_fine_tuning(tmp_path, dataset):
+    recorder = Recorder()
+    config = _config(
+        epochs=5,
+        learning_rate=5e-3,
+        augment=True,
+        fine_tune_layers=4,
+        fine_tune_epochs=1,
+        build="sequential",
+    )
+
+    result = train(dataset, config, cache_dir=tmp_path / "cache", callbacks=recorder)
+
+    assert recorder.phases == ["scanning", "training", "fine-tuning", "evaluating"]
+    assert [h["phase"] for h in result.history] == ["training"] * 5 + ["fine-tuning"]
+    assert result.history[5]["learning_rate"] == pytest.approx(config.fine_tune_learning_rate)
+    assert result.metrics["accuracy"] >= 0.9
+    assert not (tmp_path / "cache" / "features").exists()  # never cached with augmentation
+
+
+def test_it_raises_training_cancelled_when_asked_to_stop(tmp_path, dataset, no_litert):
+    recorder = Recorder(stop_at_epoch=1)
+
+    with pytest.raises(TrainingCancelled):
+        train(dataset, _config(), cache_dir=tmp_path / "cache", callbacks=recorder)
+    assert recorder.epochs == []
+
+
+def test_it_resumes_from_the_last_checkpointed_epoch(tmp_path, dataset, no_litert):
+    checkpoint = tmp_path / "checkpoint"
+    config = _config(epochs=3)
+    with pytest.raises(TrainingCancelled):
+        train(
+            dataset,
+            config,
+            cache_dir=tmp_path / "cache",
+            checkpoint_dir=checkpoint,
+            callbacks=Recorder(stop_at_epoch=2),
+        )
+
+    recorder = Recorder()
+    result = train(
+        dataset, config, cache_dir=tmp_path / "cache", checkpoint_dir=checkpoint, callbacks=recorder
+    )
+
+    assert result.resumed_from_epoch == 1
+    assert [epoch for epoch, _ in recorder.epochs] == [2, 3]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.metrics["accuracy"] >= 0.9
+
+
+def test_it_stops_early_and_restores_the_best_epoch(tmp_path, dataset, no_litert):
+    config = _config(epochs=25, early_stopping_patience=2, learning_rate=0.05)
+
+    result = train(dataset, config, cache_dir=tmp_path / "cache")
+
+    assert len(result.history) < 25
+    best = min(h["val_loss"] for h in result.history)
+    assert result.history[-1]["val_loss"] > best
+    assert result.metrics["loss"] == pytest.approx(best, abs=1e-3)
+
+
+def test_it_skips_unreadable_photos_and_trains_on_a_given_file_list(tmp_path, dataset, no_litert):
+    (dataset / "a" / "broken.jpg").write_bytes(b"junk")
+    files = [
+        (f"{name}/{name}_{i:03d}{'.jpg' if i % 2 == 0 else '.png'}", k)
+        for k, name in enumerate(CLASSES)
+        for i in range(6)
+    ]
+
+    result = train(
+        dataset,
+        _config(epochs=1),
+        cache_dir=tmp_path / "cache",
+        files=[*files, ("a/broken.jpg", 0)],
+    )
+
+    assert result.rejected == [("a/broken.jpg", result.rejected[0][1])]
+    assert sorted(result.train_files + result.val_files) == sorted(files)
+
+    with pytest.raises(DatasetError, match="missing"):
+        train(dataset, _config(), cache_dir=tmp_path / "cache", files=[("a/nope.jpg", 0)])
