@@ -1,0 +1,7 @@
+"""``python -m classifier ...``: see ``classifier.cli``."""
+
+from __future__ import annotations
+
+from classifier.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""Command line: train, evaluate and predict without the web app.
+
+``python -m classifier train DATA_DIR --out VERSION_DIR [options]`` prints one JSON line
+per epoch and a final JSON summary; ``evaluate VERSION_DIR DATA_DIR`` prints the metrics as
+JSON; ``predict VERSION_DIR IMAGE...`` prints one JSON line per image. A refused input
+(any ``ClassifierError``) prints its message on stderr and exits with status 2.
+
+TensorFlow is imported only by ``train``; ``evaluate`` and ``predict`` run on LiteRT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from classifier.config import TrainConfig
+from classifier.errors import ClassifierError
+
+EXIT_REFUSED = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ClassifierError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m classifier", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a classifier on DATA_DIR/<class>/*")
+    train.add_argument("data_dir", type=Path)
+    train.add_argument("--out", type=Path, required=True, help="version directory to create")
+    train.add_argument("--epochs", type=int, default=5)
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--alpha", type=float, default=1.0)
+    train.add_argument("--weights", default="imagenet", help="imagenet, none or a .h5 path")
+    train.add_argument("--build", choices=("functional", "sequential"), default="functional")
+    train.add_argument("--head-units", default="1024,512", help="comma-separated Dense sizes")
+    train.add_argument("--dropout", type=float, default=0.2)
+    train.add_argument("--fine-tune-layers", type=int, default=0)
+    train.add_argument("--fine-tune-epochs", type=int, default=0)
+    train.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
+    train.add_argument("--augment", action="store_true")
+    train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--validation-split", type=float, default=0.2)
+    train.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
+    train.add_argument("--cache-dir", type=Path, default=None)
+    train.add_argument("--checkpoint-dir", type=Path, default=None)
+    train.add_argument("--seed", type=int, default=1337)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a version on a labelled folder")
+    evaluate.add_argument("version_dir", type=Path)
+    evaluate.add_argument("data_dir", type=Path)
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.set_defaults(handler=_evaluate)
+
+    predict = commands.add_parser("predict", help="classify photos with a version")
+    predict.add_argument("version_dir", type=Path)
+    predict.add_argument("images", type=Path, nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.set_defaults(handler=_predict)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    try:
+        config = TrainConfig(
+            image_size=args.image_size,
+            alpha=args.alpha,
+            weights=args.weights,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            head_units=tuple(int(u) for u in args.head_units.split(",") if u.strip()),
+            dropout=args.dropout,
+            build=args.build,
+            fine_tune_layers=args.fine_tune_layers,
+            fine_tune_epochs=args.fine_tune_epochs,
+            fine_tune_learning_rate=args.fine_tune_learning_rate,
+            validation_split=args.validation_split,
+            seed=args.seed,
+            augment=args.augment,
+            early_stopping_patience=args.early_stopping,
+            use_feature_cache=not args.no_cache,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.out.exists():
+        print(f"error: The version directory {args.out} already exists.", file=sys.stderr)
+        return EXIT_REFUSED
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from classifier.train import TrainCallbacks, train
+
+    class PrintEpochs(TrainCallbacks):
+        def on_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
+            _print_json({"event": "epoch", **logs})
+
+    result = train(
+        args.data_dir,
+        config,
+        out_dir=args.out,
+        cache_dir=args.cache_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        callbacks=PrintEpochs(),
+    )
+    metrics = result.metrics
+    _print_json(
+        {
+            "event": "done",
+            "val_accuracy": metrics["accuracy"],
+            "val_loss": metrics["loss"],
+            "macro_f1": metrics["macro_f1"],
+            "seconds": result.seconds,
+            "epochs": len(result.history),
+            "version_dir": str(result.version_dir) if result.version_dir else None,
+            "class_names": result.class_names,
+            "train_images": len(result.train_files),
+            "val_images": len(result.val_files),
+            "rejected": [list(item) for item in result.rejected],
+            "fingerprint": result.fingerprint,
+            "cache_hit": result.cache_hit,
+            "resumed_from_epoch": result.resumed_from_epoch,
+        }
+    )
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from classifier.evaluate import evaluate_version
+
+    _print_json(evaluate_version(args.version_dir, args.data_dir, batch_size=args.batch_size))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from classifier.errors import InvalidImageError
+    from classifier.serving import Predictor
+
+    predictor = Predictor.load(args.version_dir)
+    status = 0
+    for image in args.images:
+        try:
+            predictions = predictor.predict(image, top_k=args.top_k)
+        except (InvalidImageError, OSError) as exc:
+            message = str(exc) if isinstance(exc, InvalidImageError) else f"cannot read: {exc}"
+            print(f"error: {image}: {message}", file=sys.stderr)
+            _print_json({"image": str(image), "error": message})
+            status = EXIT_REFUSED
+            continue
+        _print_json({"image": str(image), "predictions": predictions})
+    return status
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, default=_default), flush=True)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "classifier", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_it_trains_then_evaluates_and_predicts_from_the_command_line(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "ds", classes={"a": 8, "b": 8})
+    version = tmp_path / "v1"
+
+    trained = _run(
+        "train", str(data), "--out", str(version), "--epochs", "2", "--image-size", "32",
+        "--weights", "none", "--head-units", "16", "--batch-size", "8",
+        "--learning-rate", "0.005", "--cache-dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+
+    assert trained.returncode == 0, trained.stderr
+    lines = [json.loads(line) for line in trained.stdout.splitlines()]
+    assert [line["epoch"] for line in lines[:-1]] == [1, 2]
+    summary = lines[-1]
+    assert summary["event"] == "done" and summary["version_dir"] == str(version)
+    assert summary["val_accuracy"] >= 0.5 and summary["seconds"] > 0
+    assert (version / "model.tflite").is_file()
+
+    evaluated = _run("evaluate", str(version), str(data))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["class_names"] == ["a", "b"]
+
+    (tmp_path / "junk.jpg").write_bytes(b"junk")
+    photo = data / "a" / "a_000.jpg"
+    predicted = _run("predict", str(version), str(photo), str(tmp_path / "junk.jpg"))
+    assert predicted.returncode == 2
+    first, second = (json.loads(line) for line in predicted.stdout.splitlines())
+    assert first["image"] == str(photo) and first["predictions"][0]["label"] in {"a", "b"}
+    assert "error" in second and "junk.jpg" in predicted.stderr
+
+
+def test_it_refuses_an_existing_version_directory_with_status_2(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "ds")
+    (tmp_path / "v1").mkdir()
+
+    result = _run("train", str(data), "--out", str(tmp_path / "v1"), "--weights", "none")
+
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and result.stdout == ""
+
+
+def test_it_refuses_a_bad_config_and_a_missing_version_with_status_2(tmp_path):
+    bad = _run("train", str(tmp_path), "--out", str(tmp_path / "v"), "--image-size", "8")
+    assert bad.returncode == 2 and "image_size" in bad.stderr
+
+    missing = _run("predict", str(tmp_path / "nope"), str(tmp_path / "x.jpg"))
+    assert missing.returncode == 2 and missing.stderr.startswith("error:")
