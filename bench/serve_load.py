@@ -36,6 +36,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+# A worker that has loaded a model is above this; a fresh one (Django only) is below.
+WARM_RSS_MB = 75
 LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 SETUP = """
 import os, sys
@@ -157,9 +159,21 @@ def rss_mb(pid: int) -> float:
 
 
 def load(
-    port: int, path: str, body: bytes, ctype: str, headers: dict, clients: int, seconds: float
+    port: int,
+    path: str,
+    body: bytes,
+    ctype: str,
+    headers: dict,
+    clients: int,
+    seconds: float,
+    keep_alive: bool = False,
 ) -> dict[str, float]:
-    """``clients`` threads POST for ``seconds``; latencies of the requests that finished."""
+    """``clients`` threads POST for ``seconds``; latencies of the requests that finished.
+
+    Each request opens its own connection unless ``keep_alive``: like requests arriving
+    through a proxy, they spread over the gunicorn workers. (Four long-lived connections
+    may all land on one worker and leave the other idle.)
+    """
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -170,6 +184,8 @@ def load(
         mine = []
         while time.monotonic() < stop_at:
             started = time.perf_counter()
+            if not keep_alive:
+                conn.close()
             conn.request("POST", path, body, {"Content-Type": ctype, **headers})
             response = conn.getresponse()
             data = response.read()
@@ -218,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--naive-duration", type=float, default=20.0)
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--keep-alive", action="store_true", help="reuse each connection")
     parser.add_argument("--export-to", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.export_to:
@@ -273,9 +290,14 @@ def main(argv: list[str] | None = None) -> None:
             is_graft = app.startswith("webapp")
             path = "/api/v1/projects/bench/classify" if is_graft else "/"
             headers = {"Authorization": f"Token {token}"} if is_graft else {}
-            # Warm up: every worker loads its model before the clock starts.
-            load(server.port, path, body, ctype, headers, args.concurrency * 2, 0.5)
-            figures = load(server.port, path, body, ctype, headers, args.concurrency, seconds)
+            # Warm up until every worker has loaded its model, before the clock starts.
+            for _ in range(120):
+                load(server.port, path, body, ctype, headers, args.concurrency * 2, 0.5)
+                if min(server.worker_rss_mb()) > WARM_RSS_MB:
+                    break
+            figures = load(
+                server.port, path, body, ctype, headers, args.concurrency, seconds, args.keep_alive
+            )
             report(name, figures, server.worker_rss_mb())
         finally:
             server.stop()
