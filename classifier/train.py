@@ -135,6 +135,7 @@ def train(
         DatasetError: the dataset cannot be trained on (see ``data.scan_dataset``).
         WeightsUnavailableError: the configured weights cannot be loaded.
         TrainingCancelled: ``callbacks.should_stop()`` returned True.
+        FileExistsError: ``out_dir`` already exists (checked before any work).
     """
     return _Run(Path(data_dir), config, out_dir, cache_dir, checkpoint_dir, callbacks, files).run()
 
@@ -171,6 +172,8 @@ class _Run:
     def run(self) -> TrainResult:
         started = time.perf_counter()
         config = self.config
+        if self.out_dir is not None and self.out_dir.exists():
+            raise FileExistsError(f"The version directory {self.out_dir} already exists.")
         keras.utils.set_random_seed(config.seed)
         self._check_stop()
         self.callbacks.on_phase("scanning", {"data_dir": str(self.data_dir)})
