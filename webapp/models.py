@@ -199,8 +199,8 @@ class TrainingJob(models.Model):
     @property
     def eta_text(self) -> str:
         """Time left as "1 min 05 s"; "" when unknown or finished."""
-        if self.eta_seconds is None or not self.is_active:
-            return ""
+        if self.eta_seconds is None or not self.is_active or self.progress >= 0.99:
+            return ""  # past the last epoch (evaluating, exporting) the estimate is stale
         minutes, seconds = divmod(round(self.eta_seconds), 60)
         return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
