@@ -28,8 +28,9 @@ def test_it_names_the_workers_as_down_when_none_answers(client, broker):
 def test_it_names_the_broker_as_down_when_redis_is_unreachable(client, tmp_path, monkeypatch):
     from worker import app
 
-    monkeypatch.setattr(app.conf, "broker_url", f"redis+socket://{tmp_path}/nothing.sock")
-    monkeypatch.setattr(app.conf, "broker_write_url", None)
+    # Only the write URL: the health check connects with it, and restoring it afterwards
+    # cannot leave a dead URL behind for later tests.
+    monkeypatch.setattr(app.conf, "broker_write_url", f"redis+socket://{tmp_path}/nothing.sock")
     response = client.get(reverse("healthz"))
     assert response.status_code == 503
     body = response.json()
