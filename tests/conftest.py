@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED = (ROOT / ".." / "shared").resolve()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Test users need no slow password hashing (PBKDF2 costs ~0.5 s per user here).
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """../shared beside the repository (real weights and photos); skip when absent."""
