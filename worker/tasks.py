@@ -70,6 +70,9 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=10)
 
 
+EXTRACTION_SHARE = 0.6
+
+
 def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any:
     """Callbacks that write progress (at most once a second), epochs and cancel checks."""
     from classifier.train import TrainCallbacks
@@ -78,9 +81,9 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
         def __init__(self) -> None:
             self.last_write = 0.0
             self.phase = "starting"
-            self.started = time.monotonic()
-            self.epoch_started = time.monotonic()
+            self.extracted = False
             self.cancelled = False
+            self.origin: tuple[float, float] | None = None
 
         def on_phase(self, phase: str, detail: dict) -> None:
             self.phase = phase
@@ -88,8 +91,14 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
 
         def on_batch(self, epoch: int, batch: int, batches: int) -> None:
             fraction = self._fraction(epoch, batch, batches)
-            elapsed = time.monotonic() - self.started
-            eta = elapsed / fraction * (1 - fraction) if fraction > 0.02 else None
+            now = time.monotonic()
+            if self.origin is None:
+                # Measure the rate from the first batch on: start-up (imports, weights,
+                # conversion) is not part of what remains.
+                self.origin = (now, fraction)
+            start, start_fraction = self.origin
+            done = fraction - start_fraction
+            eta = (now - start) / done * (1 - fraction) if done > 0.02 else None
             self._write(
                 epoch=epoch,
                 batch=batch,
@@ -107,9 +116,13 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
 
         def _fraction(self, epoch: int, batch: int, batches: int) -> float:
             if self.phase == "extracting" or epoch == 0:
-                # Extraction is the bulk of a cached run's time: count it as the first 60 %.
-                return 0.6 * batch / max(batches, 1)
-            done = (epoch - 1 + batch / max(batches, 1)) / max(epochs_total, 1)
+                # One pass of the trunk over every photo: the bulk of a cached run's time,
+                # counted as its first 60 %; the head's epochs share the rest.
+                self.extracted = True
+                return EXTRACTION_SHARE * batch / max(batches, 1)
+            done = min(1.0, (epoch - 1 + batch / max(batches, 1)) / max(epochs_total, 1))
+            if self.extracted:
+                done = EXTRACTION_SHARE + (1 - EXTRACTION_SHARE) * done
             return min(0.99, done)
 
         def _write(self, *, force: bool = False, **fields: Any) -> None:
