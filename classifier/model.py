@@ -141,7 +141,8 @@ def unfreeze_top(model: keras.Model, n: int) -> list[str]:
     Everything else in the backbone (including every BatchNormalization layer) is frozen;
     the head stays trainable. In the sequential style the base is one block, so this sets
     ``base.trainable = True`` first (which Keras propagates to every sub-layer) and then
-    freezes each layer below the top ``n``. Recompile the model afterwards.
+    freezes each layer below the top ``n`` (all of them when ``n`` exceeds the count).
+    Recompile the model afterwards.
     Returns the names of the unfrozen layers, bottom to top.
     """
     base = get_base(model)
@@ -151,7 +152,7 @@ def unfreeze_top(model: keras.Model, n: int) -> list[str]:
         for layer in base.layers
         if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
     ]
-    chosen = candidates[len(candidates) - n :] if n > 0 else []
+    chosen = candidates[max(0, len(candidates) - n) :] if n > 0 else []
     chosen_ids = {id(layer) for layer in chosen}
     for layer in base.layers:
         layer.trainable = id(layer) in chosen_ids

@@ -87,6 +87,7 @@ def test_it_unfreezes_exactly_the_top_n_non_batchnorm_layers(build):
         len(layer.trainable_weights) for layer in unfrozen
     )
 
+    assert len(unfreeze_top(model, 10_000)) == len(with_weights)  # more than there are: all
     unfreeze_top(model, 0)
     assert _trainable_backbone_layers(model) == []
 
