@@ -130,7 +130,7 @@ def test_it_hides_other_batches_behind_404(viewer_api, db):
 
 
 @pytest.mark.slow
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_it_classifies_a_batch_on_a_real_worker(served_project, viewer_api, start_worker):
     start_worker(queues="default")
 

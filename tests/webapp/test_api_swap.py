@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.webapp.conftest import SERVED_LABELS, token_client
 
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+pytestmark = pytest.mark.django_db(transaction=True)
 
 CLIENTS = 4
 AFTER_SWAP = 12  # answers each client collects after the activation returned
