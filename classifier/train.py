@@ -30,6 +30,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -471,7 +472,17 @@ class _Run:
 class _Bridge(keras.callbacks.Callback):
     """Keras callback: user callbacks, cancellation, early stopping, checkpoints."""
 
-    def __init__(self, run: _Run, state, phase, batches, *, get_weights, set_weights, kind):
+    def __init__(
+        self,
+        run: _Run,
+        state: dict[str, Any],
+        phase: str,
+        batches: int,
+        *,
+        get_weights: Callable[[], list[np.ndarray]],
+        set_weights: Callable[[list[np.ndarray]], None],
+        kind: str,
+    ) -> None:
         super().__init__()
         self.run = run
         self.state = state
@@ -588,7 +599,9 @@ def _get_weights(model: keras.Model, config: TrainConfig, kind: str) -> list[np.
     return _head_weights(model, config) if kind == "head" else model.get_weights()
 
 
-def _set_weights(model: keras.Model, config: TrainConfig, kind: str, weights) -> None:
+def _set_weights(
+    model: keras.Model, config: TrainConfig, kind: str, weights: list[np.ndarray]
+) -> None:
     if kind == "head":
         _set_head_weights(model, config, weights)
     else:
