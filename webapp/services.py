@@ -280,19 +280,14 @@ def dataset_import_directory(
         )
     if not source.is_dir():
         raise ValidationError({"path": f"{source} is not a folder on the server."})
-    with transaction.atomic():
-        dataset = _dataset_new(
-            project=project,
-            name=name,
-            source=Dataset.Source.DIRECTORY,
-            source_detail=str(source),
-            user=user,
-        )
-        if background:
-            transaction.on_commit(partial(_enqueue_import, dataset.pk))
-    if not background:
-        dataset = dataset_run_import(dataset_id=dataset.pk)
-    return dataset
+    return _dataset_start_import(
+        project=project,
+        name=name,
+        source=Dataset.Source.DIRECTORY,
+        source_detail=str(source),
+        user=user,
+        background=background,
+    )
 
 
 def dataset_import_url(
@@ -306,15 +301,23 @@ def dataset_import_url(
     """Download a zip or tar of class folders (default: TensorFlow's flower_photos.tgz)."""
     if not url.startswith(("https://", "http://")):
         raise ValidationError({"url": "Use an http:// or https:// address."})
+    return _dataset_start_import(
+        project=project,
+        name=name,
+        source=Dataset.Source.URL,
+        source_detail=url,
+        user=user,
+        background=background,
+    )
+
+
+def _dataset_start_import(*, background: bool, **fields: Any) -> Dataset:
+    """Create the importing row, then import on the ``default`` queue or right here."""
     with transaction.atomic():
-        dataset = _dataset_new(
-            project=project, name=name, source=Dataset.Source.URL, source_detail=url, user=user
-        )
+        dataset = _dataset_new(**fields)
         if background:
             transaction.on_commit(partial(_enqueue_import, dataset.pk))
-    if not background:
-        dataset = dataset_run_import(dataset_id=dataset.pk)
-    return dataset
+    return dataset if background else dataset_run_import(dataset_id=dataset.pk)
 
 
 def dataset_run_import(*, dataset_id: int) -> Dataset:
