@@ -48,6 +48,8 @@ def test_it_classifies_through_the_web_stack_without_importing_tensorflow(
         **os.environ,
         "GRAFT_VAR_DIR": str(tmp_path / "var"),
         "GRAFT_DATA_DIR": str(tmp_path / "data"),
+        # Its own database: never the one DATABASE_URL names (CI reruns with PostgreSQL).
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'graft.sqlite3'}",
         "SECRET_KEY": "test",
         "ALLOWED_HOSTS": "testserver",
     }
