@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
+
+from django.contrib.auth.models import Group, Permission
+
 from webapp.models import Dataset, ModelVersion, Project, TrainingJob
+
+ROLE_GROUPS = importlib.import_module("webapp.migrations.0002_default_groups").GROUPS
+
+
+def role_group(name: str) -> Group:
+    """The migration's group, recreated when a transactional test's flush removed it."""
+    group, created = Group.objects.get_or_create(name=name)
+    if created:
+        group.permissions.set(
+            Permission.objects.filter(
+                content_type__app_label="webapp", codename__in=ROLE_GROUPS[name]
+            )
+        )
+    return group
 
 
 def make_project(name: str = "Flowers", slug: str | None = None) -> Project:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 
+from tests.factories import role_group
 from tests.images import image_folder, zip_of_folder
+from tests.waiting import wait_for
 from webapp.models import ModelVersion, TrainingJob
 
 pytestmark = [
@@ -66,18 +67,18 @@ def browser(monkeypatch) -> Iterator:
 @pytest.fixture
 def person(db) -> User:
     user = User.objects.create_user("dana", password=PASSWORD)
-    user.groups.add(*Group.objects.filter(name__in=["Trainers", "Version managers"]))
+    user.groups.add(role_group("Trainers"), role_group("Version managers"))
     return user
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+def fill_advanced(page) -> None:
+    """Open the form's advanced section and set the tiny, fast training settings."""
+    page.click("#advanced summary")
+    for name, value in TINY.items():
+        if page.locator(f"select[name={name}]").count():
+            page.select_option(f"select[name={name}]", value)
+        else:
+            page.fill(f"input[name={name}]", value)
 
 
 def shoot(page, name: str, full_page: bool = True) -> None:
@@ -136,12 +137,7 @@ def test_the_whole_story(browser, live_server, person, data_dir, start_worker, s
 
     # Start a short job from the dataset page, with the advanced settings for speed.
     page.click("#train-this")
-    page.click("#advanced summary")
-    for name, value in TINY.items():
-        if page.locator(f"select[name={name}]").count():
-            page.select_option(f"select[name={name}]", value)
-        else:
-            page.fill(f"input[name={name}]", value)
+    fill_advanced(page)
     page.fill("input[name=epochs]", "5")
     page.uncheck("input[name=use_feature_cache]")  # stream images each epoch: slow enough to watch
     shoot(page, "04-train-form")
@@ -175,12 +171,7 @@ def test_the_whole_story(browser, live_server, person, data_dir, start_worker, s
 
     # The first version became active by itself. Train a second one, then activate it.
     page.goto(url + f"/projects/colours/train/?dataset={job.dataset_id}")
-    page.click("#advanced summary")
-    for name, value in TINY.items():
-        if page.locator(f"select[name={name}]").count():
-            page.select_option(f"select[name={name}]", value)
-        else:
-            page.fill(f"input[name={name}]", value)
+    fill_advanced(page)
     page.fill("input[name=epochs]", "3")
     page.click("#train-form button[type=submit]")
     page.wait_for_url("**/jobs/*/")

@@ -1,25 +1,12 @@
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import User
 from django.test import Client
 
-ROLE_GROUPS = importlib.import_module("webapp.migrations.0002_default_groups").GROUPS
-
-
-def role_group(name: str) -> Group:
-    """The migration's group, recreated when a transactional test's flush removed it."""
-    group, created = Group.objects.get_or_create(name=name)
-    if created:
-        group.permissions.set(
-            Permission.objects.filter(
-                content_type__app_label="webapp", codename__in=ROLE_GROUPS[name]
-            )
-        )
-    return group
+from tests.factories import role_group
 
 
 def _user(username: str, *, groups: tuple[str, ...] = (), **flags) -> User:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from tests.factories import make_project
 from tests.images import image_folder
+from tests.waiting import wait_for
 from webapp import services
 from webapp.models import TrainingJob
 
@@ -38,17 +38,6 @@ def dataset(project, data_dir, tmp_path):
     return services.dataset_import_directory(
         project=project, name="colours", source_dir=folder, background=False
     )
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 120, what: str = "") -> object:
-    """Poll ``condition`` until it returns something truthy (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
 
 
 def wait_for_status(job: TrainingJob, *statuses: str, timeout: float = 180) -> TrainingJob:

@@ -9,7 +9,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.worker.conftest import SLOW, TINY, wait_for, wait_for_status
+from tests.waiting import wait_for
+from tests.worker.conftest import SLOW, TINY, wait_for_status
 from webapp import services
 from webapp.models import EpochRecord, ModelVersion, TrainingJob
 from worker.tasks import train_job
