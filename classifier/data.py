@@ -95,18 +95,24 @@ class DatasetScan:
 
 
 def scan_dataset(
-    root: str | Path, *, min_images_per_class: int = 2, check_images: bool = True
+    root: str | Path,
+    *,
+    min_images_per_class: int = 2,
+    check_images: bool = True,
+    min_classes: int = 2,
 ) -> DatasetScan:
     """List, hash and (optionally) verify every photo under ``root/<class>/``.
 
     Class names are the sorted sub-folder names (hidden folders are ignored); files with a
     suffix in ``images.SUPPORTED_SUFFIXES`` are candidates, anything else is ignored. With
     ``check_images`` each file is fully decoded with ``images.open_image`` (in a few
-    threads); unreadable files land in ``rejected`` with the reason.
+    threads); unreadable files land in ``rejected`` with the reason. Training needs
+    ``min_classes=2`` (one class teaches nothing); evaluation passes 1, since scoring a
+    version on the photos of a single class is a fair question.
 
     Raises:
-        DatasetError: ``root`` is not a folder, it has fewer than two class folders, or a
-            class has fewer than ``min_images_per_class`` readable images.
+        DatasetError: ``root`` is not a folder, it has fewer than ``min_classes`` class
+            folders, or a class has fewer than ``min_images_per_class`` readable images.
     """
     root = Path(root)
     if not root.is_dir():
@@ -114,9 +120,10 @@ def scan_dataset(
     class_names = sorted(
         entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
     )
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         raise DatasetError(
-            f"The dataset needs at least 2 class folders; {root} has {len(class_names)}"
+            f"The dataset needs at least {min_classes} class folder"
+            f"{'s' if min_classes != 1 else ''}; {root} has {len(class_names)}"
             + (f" ({', '.join(class_names)})." if class_names else ".")
             + " Put each class's photos in its own sub-folder."
         )

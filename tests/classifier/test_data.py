@@ -72,6 +72,15 @@ def test_it_refuses_fewer_than_two_classes(tmp_path, make_image_folder):
         scan_dataset(root)
 
 
+def test_it_accepts_a_single_class_folder_when_asked_to(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"only": 3})
+
+    scan = scan_dataset(root, min_classes=1)
+
+    assert scan.class_names == ["only"]
+    assert scan.counts() == {"only": 3}
+
+
 def test_it_refuses_a_class_with_too_few_readable_images(tmp_path, make_image_folder):
     root = make_image_folder(tmp_path / "ds", classes={"a": 5, "b": 2})
     (root / "b" / "bad.jpg").write_bytes(b"junk")
