@@ -18,7 +18,7 @@ import numpy as np
 
 from classifier.data import scan_dataset
 from classifier.errors import DatasetError, InvalidImageError
-from classifier.images import load_image
+from classifier.images import SUPPORTED_SUFFIXES, load_image
 from classifier.serving import Predictor
 
 # Keras's categorical cross-entropy clips probabilities to [EPSILON, 1 - EPSILON].
@@ -103,22 +103,41 @@ def evaluate_version(
     """Evaluate an exported version on every photo under ``data_dir/<class>/``.
 
     Predicts through :class:`classifier.serving.Predictor` (LiteRT), exactly as served.
-    ``data_dir`` may hold a subset of the model's classes; photos that cannot be read are
-    skipped and listed under ``rejected`` [{path, reason}] in the result, which is
-    otherwise :func:`evaluate_predictions`'s (paths relative to ``data_dir``).
+    ``data_dir`` may hold any subset of the model's classes, down to a single class folder
+    (new photos of one class are a common thing to check). The result is still over *all*
+    the model's classes, in its order: the model may answer any of them, so a photo of a
+    present class predicted as an absent one must show up in a column of the confusion
+    matrix and in that class's precision; absent classes have ``support`` 0, and
+    ``macro_f1`` averages only the classes that occur as truth or prediction. Photos that
+    cannot be read are skipped and listed under ``rejected`` [{path, reason}] in the
+    result, which is otherwise :func:`evaluate_predictions`'s (paths relative to
+    ``data_dir``).
 
     Raises:
-        DatasetError: ``data_dir`` is not a dataset, names a class the model does not
-            know, or holds no readable photo.
+        DatasetError: ``data_dir`` is not a folder or has no class folder, a class folder
+            is not one of the model's classes (all such folders are named), a class folder
+            holds no photo, or no photo is readable.
         ArtifactError: the version is missing files or fails its checksums.
     """
     predictor = Predictor.load(version_dir)
-    scan = scan_dataset(data_dir, min_images_per_class=1, check_images=False)
+    scan = scan_dataset(data_dir, min_classes=1, min_images_per_class=0, check_images=False)
     unknown = [name for name in scan.class_names if name not in predictor.labels]
     if unknown:
+        several = len(unknown) > 1
         raise DatasetError(
-            f"The model does not know the class{'es' if len(unknown) > 1 else ''} "
-            f"{', '.join(unknown)}; it knows {', '.join(predictor.labels)}."
+            f"The model does not know the class{'es' if several else ''} "
+            f"{', '.join(unknown)} (folder{'s' if several else ''} in {data_dir}); "
+            f"it knows {', '.join(predictor.labels)}. Rename or remove "
+            f"{'those folders' if several else 'that folder'}."
+        )
+    empty = [name for name, count in scan.counts().items() if count == 0]
+    if empty:
+        several = len(empty) > 1
+        raise DatasetError(
+            f"The class folder{'s' if several else ''} {', '.join(empty)} in {data_dir} "
+            f"hold{'' if several else 's'} no photos "
+            f"({', '.join(sorted(SUPPORTED_SUFFIXES))}); add photos or remove "
+            f"{'those folders' if several else 'that folder'}."
         )
     to_model = [predictor.labels.index(name) for name in scan.class_names]
 

@@ -70,3 +70,18 @@ def test_it_refuses_a_bad_config_and_a_missing_version_with_status_2(tmp_path):
 
     missing = _run("predict", str(tmp_path / "nope"), str(tmp_path / "x.jpg"))
     assert missing.returncode == 2 and missing.stderr.startswith("error:")
+
+
+def test_it_evaluates_a_single_class_folder_and_refuses_an_unknown_one(
+    tiny_version, make_image_folder, tmp_path, capsys
+):
+    from classifier.cli import main
+
+    one_class = make_image_folder(tmp_path / "dogs", classes={"dog": 2})
+    assert main(["evaluate", str(tiny_version), str(one_class)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["class_names"] == ["cat", "dog", "eel"] and result["num_examples"] == 2
+
+    unknown = make_image_folder(tmp_path / "yaks", classes={"yak": 2})
+    assert main(["evaluate", str(tiny_version), str(unknown)]) == 2
+    assert "does not know the class yak" in capsys.readouterr().err

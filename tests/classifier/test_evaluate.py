@@ -128,3 +128,55 @@ def test_evaluate_version_refuses_a_folder_with_no_readable_photo(
 
     with pytest.raises(DatasetError, match="No readable photos"):
         evaluate_version(tiny_version, root)
+
+
+def test_evaluate_version_scores_a_single_class_folder_over_all_the_models_classes(
+    tiny_version: Path, make_image_folder, tmp_path: Path
+) -> None:
+    root = make_image_folder(tmp_path / "photos", classes={"dog": 3})
+
+    result = evaluate_version(tiny_version, root)
+
+    assert result["class_names"] == ["cat", "dog", "eel"]
+    assert result["num_examples"] == 3
+    assert [result["per_class"][name]["support"] for name in ("cat", "dog", "eel")] == [0, 3, 0]
+    confusion = np.array(result["confusion_matrix"])
+    assert confusion.shape == (3, 3)
+    assert confusion.sum(axis=1).tolist() == [0, 3, 0]
+    assert result["accuracy"] == pytest.approx(confusion[1, 1] / 3)
+
+
+def test_evaluate_version_maps_a_subset_of_folders_to_the_models_class_indices(
+    tiny_version: Path, make_image_folder, tmp_path: Path
+) -> None:
+    # As a folder of its own, "dog" would be class 0 and "eel" class 1; the model says 1 and 2.
+    root = make_image_folder(tmp_path / "photos", classes={"dog": 2, "eel": 3})
+
+    result = evaluate_version(tiny_version, root)
+
+    assert np.array(result["confusion_matrix"]).sum(axis=1).tolist() == [0, 2, 3]
+    assert result["per_class"]["dog"]["support"] == 2
+    assert result["per_class"]["eel"]["support"] == 3
+    assert result["per_class"]["cat"]["support"] == 0
+
+
+def test_evaluate_version_names_every_unknown_class_folder_even_an_empty_one(
+    tiny_version: Path, make_image_folder, tmp_path: Path
+) -> None:
+    root = make_image_folder(tmp_path / "photos", classes={"cat": 2, "yak": 1, "zebu": 0})
+
+    with pytest.raises(DatasetError, match=r"does not know the classes yak, zebu \(folders in"):
+        evaluate_version(tiny_version, root)
+
+
+def test_evaluate_version_refuses_an_empty_class_folder_or_a_folder_without_classes(
+    tiny_version: Path, make_image_folder, tmp_path: Path
+) -> None:
+    root = make_image_folder(tmp_path / "photos", classes={"cat": 2, "dog": 0})
+    (root / "dog" / "notes.txt").write_text("not a photo")
+
+    with pytest.raises(DatasetError, match="class folder dog in .* holds no photos"):
+        evaluate_version(tiny_version, root)
+    (tmp_path / "bare").mkdir()
+    with pytest.raises(DatasetError, match="at least 1 class folder;"):
+        evaluate_version(tiny_version, tmp_path / "bare")
