@@ -232,3 +232,39 @@ def _convert_via_saved_model(model: keras.Model, spec: tf.TensorSpec) -> bytes:
         path = os.path.join(tmp, "model.tflite")
         model.export(path, format="litert", verbose=False, input_signature=[spec])
         return Path(path).read_bytes()
+
+
+def remove_stale_temporaries(parent: str | Path, older_than_seconds: float) -> list[Path]:
+    """Remove the ``.<name>.tmp-*`` folders that :func:`export_version` left in ``parent``.
+
+    A process killed while exporting (a worker child hit by SIGKILL or the OOM killer)
+    never reaches the ``except`` that removes its temporary folder, and nothing else ever
+    would. Only folders named like those temporaries whose modification time is more than
+    ``older_than_seconds`` ago are removed: an export still writing in another process
+    keeps its folder (choose a threshold far above the longest export), and a version
+    directory, which never starts with a dot, is never touched. Links are not followed. A
+    missing ``parent`` holds nothing stale.
+
+    Returns the folders removed.
+    """
+    import time
+
+    cutoff = time.time() - older_than_seconds
+    try:
+        entries = list(os.scandir(parent))
+    except FileNotFoundError:
+        return []
+    removed: list[Path] = []
+    for entry in entries:
+        if not (entry.name.startswith(".") and ".tmp-" in entry.name[1:]):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            shutil.rmtree(entry.path)
+        except FileNotFoundError:  # renamed into place or removed by someone else meanwhile
+            continue
+        removed.append(Path(entry.path))
+    return removed

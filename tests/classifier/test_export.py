@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,27 @@ def test_it_converts_the_real_architecture_in_both_build_styles(build: str) -> N
     runner = LiteRTRunner(convert_to_tflite(model), num_threads=1)
 
     np.testing.assert_allclose(runner.run(pixels), model.predict_on_batch(pixels), atol=1e-4)
+
+
+def test_it_removes_only_the_stale_export_temporaries(tmp_path: Path) -> None:
+    hours_ago = time.time() - 2 * 3600
+    stale = tmp_path / ".job-3-1.tmp-k2j4h1"
+    fresh = tmp_path / ".job-4-1.tmp-p9x8c7"
+    old_version = tmp_path / "v1"
+    old_hidden = tmp_path / ".staging"
+    for folder in (stale, fresh, old_version, old_hidden):
+        folder.mkdir()
+        (folder / "model.tflite").write_bytes(b"x")
+    for folder in (stale, old_version, old_hidden):
+        os.utime(folder, (hours_ago, hours_ago))
+    stale_file = tmp_path / ".v2.tmp-notafolder"
+    stale_file.write_bytes(b"x")
+    os.utime(stale_file, (hours_ago, hours_ago))
+
+    removed = export.remove_stale_temporaries(tmp_path, older_than_seconds=3600)
+
+    assert removed == [stale]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [fresh.name, old_version.name, old_hidden.name, stale_file.name]
+    )
+    assert export.remove_stale_temporaries(tmp_path / "missing", older_than_seconds=0) == []
