@@ -237,9 +237,11 @@ CELERY_TASK_ROUTES = {
     "worker.tasks.train_job": {"queue": "training"},
     "worker.tasks.classify_batch": {"queue": "default"},
     "worker.tasks.prune_predictions": {"queue": "default"},
+    "worker.tasks.remove_stale_exports": {"queue": "default"},
 }
 CELERY_BEAT_SCHEDULE = {
     "prune-predictions": {"task": "worker.tasks.prune_predictions", "schedule": 3600.0},
+    "remove-stale-exports": {"task": "worker.tasks.remove_stale_exports", "schedule": 3600.0},
     "reconcile-training-jobs": {
         "task": "worker.tasks.reconcile_jobs",
         "schedule": GRAFT_RECONCILE_INTERVAL,

@@ -1,9 +1,9 @@
 """Celery tasks. Arguments are ids; rows are the source of truth.
 
 Task bodies are short: claim the row, call ``classifier``, persist through
-``webapp.services``. TensorFlow is imported inside ``train_job`` only, so importing this
-module (to enqueue) stays light, and the worker's parent process never loads it before
-forking its children.
+``webapp.services``. TensorFlow is imported inside ``train_job`` and
+``remove_stale_exports`` only, so importing this module (to enqueue) stays light, and the
+worker's parent process never loads it before forking its children.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from django.conf import settings
 from webapp import services
 
 log = logging.getLogger(__name__)
+
+# An export writes its temporary folder within a minute or two; one an hour old is orphaned.
+STALE_EXPORT_SECONDS = 3600
 
 
 @shared_task(name="worker.tasks.ping")
@@ -136,8 +139,12 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
     return JobCallbacks()
 
 
+def _staging_root() -> Path:
+    return Path(settings.GRAFT_DATA_DIR) / "models" / ".staging"
+
+
 def _staging_dir(job_id: int, attempt: int) -> Path:
-    return Path(settings.GRAFT_DATA_DIR) / "models" / ".staging" / f"job-{job_id}-{attempt}"
+    return _staging_root() / f"job-{job_id}-{attempt}"
 
 
 def _checkpoint_dir(job_id: int) -> Path:
@@ -221,6 +228,22 @@ def classify_batch(batch_id: int) -> str:
     """Classify an uploaded batch of photos with the version it was started with."""
     batch = services.batch_run(batch_id=batch_id)
     return "skipped" if batch is None else batch.status
+
+
+@shared_task(name="worker.tasks.remove_stale_exports")
+def remove_stale_exports() -> list[str]:
+    """Delete the export temporaries that killed training children left in the staging folder.
+
+    A SIGKILLed child (out of memory, hard time limit) leaves its ``.job-N-A.tmp-*``
+    folder, tens of MB, behind for good. Run hourly from beat rather than from the
+    reconcile: this task imports ``classifier.export``, and so TensorFlow, a few seconds.
+    """
+    from classifier.export import remove_stale_temporaries
+
+    removed = remove_stale_temporaries(_staging_root(), STALE_EXPORT_SECONDS)
+    for path in removed:
+        log.info("Removed the stale export folder %s", path)
+    return [str(path) for path in removed]
 
 
 @shared_task(name="worker.tasks.prune_predictions")
