@@ -417,6 +417,14 @@ class Prediction(models.Model):
     added_to_dataset = models.ForeignKey(
         Dataset, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    batch = models.ForeignKey(
+        "BatchClassification",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="predictions",
+        help_text="The batch that logged it (source batch), so a retried batch logs once.",
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -470,6 +478,11 @@ class BatchClassification(models.Model):
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last progress of the running attempt."
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
     celery_task_id = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -480,9 +493,13 @@ class BatchClassification(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
 
     def __str__(self) -> str:
         return f"Batch {self.pk} ({self.get_status_display()})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("batch_detail", args=[self.pk])
 
     @property
     def path(self) -> Path:
@@ -493,9 +510,33 @@ class BatchClassification(models.Model):
         return self.status in self.FINISHED
 
     @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    @property
     def percent(self) -> int:
         return round(100 * self.done / self.total) if self.total else 0
 
     @property
+    def classified(self) -> int:
+        """Photos answered so far (``done`` counts the unreadable ones too)."""
+        return self.done - self.failed
+
+    @property
     def status_badge(self) -> str:
         return {"succeeded": "ok", "failed": "bad"}.get(self.status, "busy")
+
+    @property
+    def version_label(self) -> str:
+        return f"v{self.version_number}" if self.version_number else ""
+
+    @property
+    def has_results(self) -> bool:
+        return self.status == self.Status.SUCCEEDED
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.finished_at or timezone.now()
+        return (end - self.started_at).total_seconds()
