@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -29,7 +29,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max
+from django.db.models import F, Max, Q, QuerySet
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -447,16 +447,16 @@ def dataset_refresh(*, dataset: Dataset) -> Dataset:
 
 
 def _check_queue() -> None:
-    from webapp.health import check_broker, check_workers
+    _check_broker()
+    _check_workers("No training worker is running, so the job would never start.")
 
-    broker = check_broker(timeout=2.0)
-    if not broker["ok"]:
-        raise QueueUnavailable(f"The job queue is unavailable: {broker['error']}.")
-    workers = check_workers(timeout=1.0)
-    if not workers["ok"]:
+
+def _check_workers(problem: str) -> None:
+    from webapp.health import check_workers
+
+    if not check_workers(timeout=1.0)["ok"]:
         raise QueueUnavailable(
-            "No training worker is running, so the job would never start. Start one with "
-            "`celery -A worker worker` (or `make run`)."
+            f"{problem} Start one with `celery -A worker worker` (or `make run`)."
         )
 
 
@@ -697,7 +697,7 @@ def training_job_succeed(
     return version
 
 
-def training_jobs_reconcile(*, now: Any = None) -> dict[str, list[int]]:
+def training_jobs_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
     """Find jobs that a dead worker or a lost broker message left behind, and fix them.
 
     - running, heartbeat older than ``GRAFT_HEARTBEAT_TIMEOUT``: back to queued and
@@ -706,64 +706,115 @@ def training_jobs_reconcile(*, now: Any = None) -> dict[str, list[int]]:
     - queued for longer than the timeout and not waiting in the broker: re-enqueued.
     Re-enqueuing is safe because claims are conditional: a duplicate message does nothing.
     """
-    from datetime import timedelta
-
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT)
-    report: dict[str, list[int]] = {"requeued": [], "failed": [], "reenqueued": []}
-    stale = TrainingJob.objects.filter(
-        status=TrainingJob.Status.RUNNING, heartbeat_at__lt=stale_before
-    )
-    for job in stale:
+    report = _reconcile_report()
+    for job in _stale_running(TrainingJob, stale_before):
         if job.cancel_requested:
             TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
                 status=TrainingJob.Status.CANCELLED,
                 finished_at=now,
                 error="Cancelled; its worker stopped before it could finish.",
             )
-        elif job.attempts < job.max_attempts:
-            if TrainingJob.objects.filter(
-                pk=job.pk, status=TrainingJob.Status.RUNNING, heartbeat_at__lt=stale_before
-            ).update(
-                status=TrainingJob.Status.QUEUED,
-                phase="requeued",
-                error=f"Attempt {job.attempts} was lost (its worker stopped answering); retrying.",
-            ):
-                report["requeued"].append(job.pk)
-                transaction.on_commit(partial(_enqueue_training, job.pk))
-        elif TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
-            status=TrainingJob.Status.FAILED,
-            finished_at=now,
-            eta_seconds=None,
-            error=f"The worker running this job stopped answering on each of its "
-            f"{job.attempts} attempts (last heartbeat {job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC). "
-            "Check the worker machines' memory and logs, then start the job again.",
-        ):
-            report["failed"].append(job.pk)
+            continue
+        last = job.heartbeat_at or job.started_at or now
+        _requeue_or_fail(
+            TrainingJob,
+            job,
+            stale_before=stale_before,
+            now=now,
+            enqueue=_enqueue_training,
+            report=report,
+            requeued={
+                "phase": "requeued",
+                "error": f"Attempt {job.attempts} was lost (its worker stopped answering); "
+                "retrying.",
+            },
+            failed={
+                "eta_seconds": None,
+                "error": f"The worker running this job stopped answering on each of its "
+                f"{job.attempts} attempts (last heartbeat {last:%Y-%m-%d %H:%M:%S} UTC). "
+                "Check the worker machines' memory and logs, then start the job again.",
+            },
+        )
     waiting = TrainingJob.objects.filter(
         status=TrainingJob.Status.QUEUED,
         cancel_requested=False,
         created_at__lt=stale_before,
     ).exclude(pk__in=report["requeued"])
-    if waiting.exists():
-        known = _broker_task_ids()
-        for job in waiting:
-            if known is not None and job.celery_task_id and job.celery_task_id in known:
-                continue
-            report["reenqueued"].append(job.pk)
-            transaction.on_commit(partial(_enqueue_training, job.pk))
+    _reenqueue_lost(waiting, queue="training", enqueue=_enqueue_training, report=report)
     return report
 
 
-def _broker_task_ids() -> set[str] | None:
-    """Task ids waiting in, or reserved from, the Redis ``training`` queue (None: unknown)."""
+# The reconcile's steps, shared by training jobs and batches: both have a status with
+# queued/running/failed, ``heartbeat_at``, ``attempts``/``max_attempts`` and the id of
+# the Celery task that carries them.
+Reconciled = TrainingJob | BatchClassification
+
+
+def _reconcile_report() -> dict[str, list[int]]:
+    return {"requeued": [], "failed": [], "reenqueued": []}
+
+
+def _stale_running(model: type[Reconciled], stale_before: datetime) -> QuerySet:
+    """Running rows whose last heartbeat (else their start) is older than ``stale_before``."""
+    return model.objects.filter(status=model.Status.RUNNING).filter(
+        Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
+    )
+
+
+def _requeue_or_fail(
+    model: type[Reconciled],
+    row: Reconciled,
+    *,
+    stale_before: datetime,
+    now: datetime,
+    enqueue: Callable[[int], None],
+    report: dict[str, list[int]],
+    requeued: dict[str, Any],
+    failed: dict[str, Any],
+) -> None:
+    """Queue a stale running row again (enqueued on commit) while it has attempts left,
+    else fail it; ``requeued``/``failed`` are the extra fields each writes. Both updates
+    are conditional on the row still being stale, so a worker that speaks up meanwhile wins.
+    """
+    still_stale = _stale_running(model, stale_before).filter(pk=row.pk)
+    if row.attempts < row.max_attempts:
+        if still_stale.update(status=model.Status.QUEUED, **requeued):
+            report["requeued"].append(row.pk)
+            transaction.on_commit(partial(enqueue, row.pk))
+    elif still_stale.update(status=model.Status.FAILED, finished_at=now, **failed):
+        report["failed"].append(row.pk)
+
+
+def _reenqueue_lost(
+    waiting: QuerySet,
+    *,
+    queue: str,
+    enqueue: Callable[[int], None],
+    report: dict[str, list[int]],
+) -> None:
+    """Enqueue (on commit) the queued rows whose message is neither waiting in ``queue`` nor
+    reserved by a worker; all of them when the broker cannot be asked."""
+    if not waiting.exists():
+        return
+    known = _broker_task_ids(queue)
+    for row in waiting:
+        if known is not None and row.celery_task_id and row.celery_task_id in known:
+            continue
+        report["reenqueued"].append(row.pk)
+        transaction.on_commit(partial(enqueue, row.pk))
+
+
+def _broker_task_ids(queue: str) -> set[str] | None:
+    """Task ids waiting in, or reserved from, the Redis list ``queue`` (None: unknown)."""
     from worker import app
 
     try:
         with app.connection_for_write() as conn:
             client = conn.default_channel.client
             ids: set[str] = set()
-            for raw in client.lrange("training", 0, -1):
+            for raw in client.lrange(queue, 0, -1):
                 ids.add(json.loads(raw)["headers"]["id"])
             for raw in client.hvals("unacked"):
                 message = json.loads(raw)[0]
@@ -952,18 +1003,22 @@ def batch_create(
     files: list[UploadedFile],
     user: AbstractBaseUser | None = None,
     check_queue: bool = True,
+    check_workers: bool = False,
 ) -> BatchClassification:
     """Store photos (one zip, or several image files) and enqueue their classification.
 
     The version active now classifies all of them, even if another is activated meanwhile.
+    Nothing is stored when any check fails.
 
     Raises:
-        ValidationError: no files, not a readable zip, or no photos in it.
+        ValidationError: no files, a zip that cannot be read or holds no photos, a zip sent
+            with other files, or a single file that is neither a zip nor a photo.
         UploadTooLarge: a photo over GRAFT_MAX_IMAGE_MB, a zip over GRAFT_MAX_ZIP_MB, or
             one that unpacks to more than GRAFT_MAX_UNZIPPED_MB / GRAFT_MAX_ZIP_FILES.
         NoActiveVersion: nothing is active to classify with.
-        QueueUnavailable: the broker is down. (Workers are not asked: a batch waits,
-            queued, for the next one, and asking costs every upload a second.)
+        QueueUnavailable: the broker is down (``check_queue``), or no worker answers
+            (``check_workers``: off for the API, where a batch may wait, queued, for the
+            next worker and asking costs every upload a second).
     """
     if not files:
         raise ValidationError({"files": "Send a zip of photos or one or more photos."})
@@ -972,7 +1027,7 @@ def batch_create(
         raise NoActiveVersion(
             f"Project “{project.name}” has no active model version; train or activate one."
         )
-    is_zip = len(files) == 1 and _is_zip_upload(files[0])
+    is_zip = _batch_is_zip(files)
     if is_zip:
         if files[0].size > settings.GRAFT_MAX_ZIP_MB * 2**20:
             raise UploadTooLarge(f"The zip is over the {settings.GRAFT_MAX_ZIP_MB} MB limit.")
@@ -986,19 +1041,62 @@ def batch_create(
         total = len(files)
     if check_queue:
         _check_broker()
-    with transaction.atomic():
-        batch = BatchClassification.objects.create(
-            project=project,
-            version=version,
-            version_number=version.number,
-            total=total,
-            created_by=user if user is not None and user.is_authenticated else None,
-        )
-        batch.directory = f"batches/{batch.pk}"
-        batch.save(update_fields=["directory"])
-        _write_batch_inputs(batch.path, files, is_zip=is_zip)
-        transaction.on_commit(partial(_enqueue_batch, batch.pk))
+    if check_workers:
+        _check_workers("No worker is running, so the batch would never start.")
+    folder: Path | None = None
+    try:
+        with transaction.atomic():
+            batch = BatchClassification.objects.create(
+                project=project,
+                version=version,
+                version_number=version.number,
+                total=total,
+                max_attempts=settings.GRAFT_JOB_MAX_ATTEMPTS,
+                created_by=user if user is not None and user.is_authenticated else None,
+            )
+            batch.directory = f"batches/{batch.pk}"
+            batch.save(update_fields=["directory"])
+            folder = batch.path
+            _write_batch_inputs(folder, files, is_zip=is_zip)
+            transaction.on_commit(partial(_enqueue_batch, batch.pk))
+    except BaseException:
+        if folder is not None:  # the row was rolled back; its files go too
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return batch
+
+
+def batch_claim(*, batch_id: int) -> BatchClassification | None:
+    """Queued -> running, exactly once: a duplicate or redelivered message gets None.
+
+    Each claim is a new attempt that starts from the first photo: the counters go back to
+    zero and whatever an earlier, lost attempt logged is removed, so no photo is counted or
+    logged twice.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        claimed = BatchClassification.objects.filter(
+            pk=batch_id, status=BatchClassification.Status.QUEUED
+        ).update(
+            status=BatchClassification.Status.RUNNING,
+            attempts=F("attempts") + 1,
+            started_at=now,
+            heartbeat_at=now,
+            done=0,
+            failed=0,
+            error="",
+        )
+        if claimed != 1:
+            return None
+        Prediction.objects.filter(batch_id=batch_id).delete()
+    batch = BatchClassification.objects.select_related("project", "version").get(pk=batch_id)
+    for leftover in batch.path.glob("results.*.tmp-*"):
+        leftover.unlink(missing_ok=True)
+    return batch
+
+
+class _ClaimLost(Exception):
+    """This attempt is no longer the batch's running one (the reconcile requeued it)."""
 
 
 def batch_run(*, batch_id: int) -> BatchClassification | None:
@@ -1006,16 +1104,15 @@ def batch_run(*, batch_id: int) -> BatchClassification | None:
 
     Writes ``results.csv`` and ``results.json`` (one row per file, in upload order, with
     an ``error`` for files that are not readable photos), logs every answer as a
-    ``Prediction`` (source "batch", hash only) and updates ``done``/``failed`` per chunk.
+    ``Prediction`` (source "batch", hash only) and updates ``done``/``failed`` and the
+    heartbeat per chunk. An attempt that finds it lost its claim (it was silent for longer
+    than ``GRAFT_HEARTBEAT_TIMEOUT`` and was requeued) stops without writing more.
     """
     from classifier.serving import Predictor
 
-    claimed = BatchClassification.objects.filter(
-        pk=batch_id, status=BatchClassification.Status.QUEUED
-    ).update(status=BatchClassification.Status.RUNNING, started_at=timezone.now())
-    if claimed != 1:
+    batch = batch_claim(batch_id=batch_id)
+    if batch is None:
         return None
-    batch = BatchClassification.objects.select_related("project", "version").get(pk=batch_id)
     try:
         if batch.version is None:
             raise ClassifierError("The version this batch was started with has been deleted.")
@@ -1023,6 +1120,11 @@ def batch_run(*, batch_id: int) -> BatchClassification | None:
         with _BatchResults(batch) as results:
             for chunk in _chunks(_batch_inputs(batch.path), BATCH_CHUNK):
                 _classify_chunk(batch, predictor, chunk, results)
+    except _ClaimLost:
+        log.warning(
+            "Batch %s: attempt %s was requeued meanwhile; stopping", batch_id, batch.attempts
+        )
+        return None
     except ClassifierError as exc:
         _batch_finish(batch, BatchClassification.Status.FAILED, str(exc))
     except Exception as exc:
@@ -1038,6 +1140,62 @@ def _is_zip_upload(upload: UploadedFile) -> bool:
     upload.seek(0)
     try:
         return zipfile.is_zipfile(upload)
+    finally:
+        upload.seek(0)
+
+
+def _batch_is_zip(files: list[UploadedFile]) -> bool:
+    """True for one zip, False for photos; refuses what is plainly neither, up front.
+
+    Several files are photos (one that is not gets its own error in the results); a zip
+    must come alone; a single file must be a readable zip or a photo Pillow recognises.
+    """
+    zips = [f for f in files if _is_zip_upload(f) or _suffix(f) == ".zip"]
+    if len(files) > 1 and zips:
+        raise ValidationError(
+            {
+                "files": f"Send a zip on its own, or photos without one ({zips[0].name} came "
+                f"with {len(files) - 1} other file{'s' if len(files) > 2 else ''})."
+            }
+        )
+    if len(files) > 1:
+        return False
+    upload = files[0]
+    if zips:
+        if _is_zip_upload(upload):
+            return True
+        raise ValidationError(
+            {
+                "files": f"{upload.name} is not a zip file that can be read (it may be damaged "
+                "or cut short); send a zip of photos, or the photos themselves."
+            }
+        )
+    if not _looks_like_photo(upload):
+        raise ValidationError(
+            {
+                "files": f"{upload.name} is neither a zip nor a photo Graft can read (JPEG, PNG, "
+                "BMP, WebP, GIF)."
+            }
+        )
+    return False
+
+
+def _suffix(upload: UploadedFile) -> str:
+    return PurePosixPath(upload.name or "").suffix.lower()
+
+
+def _looks_like_photo(upload: UploadedFile) -> bool:
+    """Pillow recognises the file's header (the pixels are decoded later, by the worker)."""
+    from PIL import Image, UnidentifiedImageError
+
+    upload.seek(0)
+    try:
+        with Image.open(upload):
+            return True
+    except Image.DecompressionBombError:
+        return True  # a photo after all: its row in the results says why it was refused
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
     finally:
         upload.seek(0)
 
@@ -1155,6 +1313,7 @@ def _classify_chunk(
         row["error"] = None
         ok_rows.append(row)
         digests.append(hashlib.sha256(payload).hexdigest())
+    latency_ms = 0.0
     if pixels:
         started = time.perf_counter()
         probabilities = predictor.predict_array(np.stack(pixels))
@@ -1162,6 +1321,15 @@ def _classify_chunk(
         for row, probs in zip(ok_rows, probabilities, strict=True):
             row["top"] = _top_k(predictor.labels, probs, BATCH_TOP_K)
             row["label"], row["confidence"] = row["top"][0]["label"], row["top"][0]["confidence"]
+    with transaction.atomic():
+        # Progress first: it fails when this attempt lost its claim, and holds the row
+        # until the predictions are in, so a requeue cannot slip in between.
+        if not _batch_running(batch).update(
+            done=F("done") + len(rows),
+            failed=F("failed") + len(rows) - len(ok_rows),
+            heartbeat_at=timezone.now(),
+        ):
+            raise _ClaimLost
         Prediction.objects.bulk_create(
             Prediction(
                 project_id=batch.project_id,
@@ -1175,13 +1343,18 @@ def _classify_chunk(
                 latency_ms=latency_ms,
                 source=Prediction.Source.BATCH,
                 user_id=batch.created_by_id,
+                batch_id=batch.pk,
             )
             for row, digest in zip(ok_rows, digests, strict=True)
         )
     results.write(rows)
-    BatchClassification.objects.filter(
-        pk=batch.pk, status=BatchClassification.Status.RUNNING
-    ).update(done=F("done") + len(rows), failed=F("failed") + len(rows) - len(ok_rows))
+
+
+def _batch_running(batch: BatchClassification) -> QuerySet[BatchClassification]:
+    """The batch's row while this attempt still holds it."""
+    return BatchClassification.objects.filter(
+        pk=batch.pk, status=BatchClassification.Status.RUNNING, attempts=batch.attempts
+    )
 
 
 def _top_k(labels: list[str], probs: Any, k: int) -> list[dict[str, Any]]:
@@ -1196,10 +1369,14 @@ class _BatchResults:
         self.batch = batch
         self.folder = batch.path
         self._first = True
+        # One pair per attempt: a lost attempt that wakes up never writes into the next one's.
+        self._tmp = {
+            name: self.folder / f"results.{name}.tmp-{batch.attempts}" for name in ("csv", "json")
+        }
 
     def __enter__(self) -> _BatchResults:
-        self._csv_file = open(self.folder / "results.csv.tmp", "w", newline="")  # noqa: SIM115
-        self._json_file = open(self.folder / "results.json.tmp", "w")  # noqa: SIM115
+        self._csv_file = open(self._tmp["csv"], "w", newline="")  # noqa: SIM115
+        self._json_file = open(self._tmp["json"], "w")  # noqa: SIM115
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(["file", "label", "confidence", "top", "error"])
         head = {
@@ -1222,15 +1399,57 @@ class _BatchResults:
         self._json_file.write("\n]}\n")
         self._csv_file.close()
         self._json_file.close()
-        if kind is None:
-            os.replace(self.folder / "results.csv.tmp", self.folder / "results.csv")
-            os.replace(self.folder / "results.json.tmp", self.folder / "results.json")
+        keep = kind is None and _batch_running(self.batch).exists()
+        for name, tmp in self._tmp.items():
+            if keep:
+                os.replace(tmp, self.folder / f"results.{name}")
+            else:
+                tmp.unlink(missing_ok=True)
 
 
 def _batch_finish(batch: BatchClassification, status: str, error: str = "") -> None:
-    BatchClassification.objects.filter(
-        pk=batch.pk, status=BatchClassification.Status.RUNNING
-    ).update(status=status, error=error, finished_at=timezone.now())
+    _batch_running(batch).update(status=status, error=error, finished_at=timezone.now())
+
+
+def batches_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
+    """Find batches that a dead worker or a lost broker message left behind, and fix them.
+
+    The training reconcile's rules, with progress (a chunk of photos classified) as the
+    heartbeat: a batch running without progress for ``GRAFT_HEARTBEAT_TIMEOUT`` is queued
+    again and re-enqueued (it starts over) while attempts remain, else failed with a
+    message saying so; a batch queued for longer than that whose message is not in the
+    broker is re-enqueued. Claims are conditional, so a duplicate message does nothing.
+    """
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT)
+    report = _reconcile_report()
+    for batch in _stale_running(BatchClassification, stale_before):
+        last = batch.heartbeat_at or batch.started_at or now
+        _requeue_or_fail(
+            BatchClassification,
+            batch,
+            stale_before=stale_before,
+            now=now,
+            enqueue=_enqueue_batch,
+            report=report,
+            requeued={
+                "done": 0,
+                "failed": 0,
+                "error": f"Attempt {batch.attempts} was lost (its worker stopped making "
+                "progress); starting again from the first photo.",
+            },
+            failed={
+                "error": f"The worker classifying this batch stopped making progress on "
+                f"each of its {batch.attempts} attempt{'s' if batch.attempts != 1 else ''} "
+                f"(last progress {last:%Y-%m-%d %H:%M:%S} UTC). Check the worker machines' "
+                "memory and logs, then upload the photos again.",
+            },
+        )
+    waiting = BatchClassification.objects.filter(
+        status=BatchClassification.Status.QUEUED, created_at__lt=stale_before
+    ).exclude(pk__in=report["requeued"])
+    _reenqueue_lost(waiting, queue="default", enqueue=_enqueue_batch, report=report)
+    return report
 
 
 def _check_broker() -> None:

@@ -242,7 +242,7 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULE = {
     "prune-predictions": {"task": "worker.tasks.prune_predictions", "schedule": 3600.0},
     "remove-stale-exports": {"task": "worker.tasks.remove_stale_exports", "schedule": 3600.0},
-    "reconcile-training-jobs": {
+    "reconcile-jobs-and-batches": {
         "task": "worker.tasks.reconcile_jobs",
         "schedule": GRAFT_RECONCILE_INTERVAL,
         "options": {"queue": "default", "expires": GRAFT_RECONCILE_INTERVAL},

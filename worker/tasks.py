@@ -219,13 +219,17 @@ def train_job(self: Any, job_id: int) -> str:
 
 @shared_task(name="worker.tasks.reconcile_jobs")
 def reconcile_jobs() -> dict:
-    """Requeue jobs whose worker died and re-enqueue queued jobs the broker lost."""
-    return services.training_jobs_reconcile()
+    """Requeue training jobs and batches whose worker died; re-enqueue what the broker lost."""
+    return {
+        "training": services.training_jobs_reconcile(),
+        "batches": services.batches_reconcile(),
+    }
 
 
 @shared_task(name="worker.tasks.classify_batch", acks_late=True)
 def classify_batch(batch_id: int) -> str:
-    """Classify an uploaded batch of photos with the version it was started with."""
+    """Classify an uploaded batch of photos with the version it was started with; a
+    duplicate message, or one for a batch another attempt holds, is skipped."""
     batch = services.batch_run(batch_id=batch_id)
     return "skipped" if batch is None else batch.status
 
