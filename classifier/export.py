@@ -51,6 +51,7 @@ def export_version(
     metrics: dict[str, Any],
     history: list[dict[str, Any]],
     dataset: dict[str, Any],
+    tflite: bytes | None = None,
 ) -> Path:
     """Write a complete model version directory at ``out_dir`` atomically and return it.
 
@@ -65,6 +66,8 @@ def export_version(
         class_names: one name per output, in output order.
         config, metrics, history, dataset: repeated in ``metadata.json`` (``dataset`` should
             carry the fingerprint, class counts and the file list trained on).
+        tflite: a flatbuffer already made for ``model`` (``graft_tflite``); converted here
+            when None. Either way it must agree with Keras before anything is written.
 
     Raises:
         FileExistsError: ``out_dir`` already exists.
@@ -80,7 +83,9 @@ def export_version(
         raise ArtifactError(
             f"The model has {num_outputs} outputs but {len(class_names)} class names were given."
         )
-    tflite = convert_to_tflite(model)
+    origin = "grafted onto the cached trunk" if tflite is not None else "whole model converted"
+    if tflite is None:
+        tflite = convert_to_tflite(model)
     max_diff = _check_agreement(model, tflite, image_size)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +111,7 @@ def export_version(
             "dataset": dataset,
             "libraries": library_versions(),
             "tflite_max_abs_diff": max_diff,
+            "tflite_origin": origin,
             "files": files,
         }
         _write_bytes(tmp / METADATA, _to_json(meta))
@@ -161,6 +167,84 @@ def convert_to_tflite(model: keras.Model) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     return converter.convert()
+
+
+def graft_tflite(trunk_tflite: bytes, head: keras.Model) -> bytes:
+    """Return one flatbuffer computing ``head(trunk(x))`` from the trunk's converted flatbuffer.
+
+    A job whose trunk stayed frozen trained only the head; the trunk is the very one the
+    feature cache already converted (``features.trunk_tflite``). Converting the whole
+    classifier again costs ~5 s of tracing and MLIR passes, most of the time of a job that
+    hit the feature cache; converting the head alone (~0.5 s) and splicing its operators
+    after the trunk's output gives the same graph. The result is checked against Keras like
+    any conversion (``export_version``), so a splice that went wrong can never be shipped.
+
+    The head's input tensor is replaced by the trunk's output tensor; its buffers, tensors,
+    operators and operator codes are appended with their indices shifted.
+
+    Raises:
+        ArtifactError: the two flatbuffers cannot be joined (more than one subgraph or
+            input/output, signatures, or a feature shape mismatch).
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    trunk = flatbuffer_utils.read_model_from_bytearray(bytearray(trunk_tflite))
+    tail = flatbuffer_utils.read_model_from_bytearray(bytearray(convert_to_tflite(head)))
+    if len(trunk.subgraphs) != 1 or len(tail.subgraphs) != 1:
+        raise ArtifactError("Only single-subgraph models can be grafted.")
+    if trunk.signatureDefs or tail.signatureDefs:
+        raise ArtifactError("Models with signature definitions cannot be grafted.")
+    body, top = trunk.subgraphs[0], tail.subgraphs[0]
+    if len(body.outputs) != 1 or len(top.inputs) != 1 or len(top.outputs) != 1:
+        raise ArtifactError("The trunk needs one output and the head one input and output.")
+    joint = int(body.outputs[0])
+    head_input = int(top.inputs[0])
+    features, expected = body.tensors[joint], top.tensors[head_input]
+    if list(features.shapeSignature) != list(expected.shapeSignature) or (
+        features.type != expected.type
+    ):
+        raise ArtifactError(
+            f"The trunk's output {list(features.shapeSignature)} does not fit the head's "
+            f"input {list(expected.shapeSignature)}."
+        )
+    features.name = b"features"
+
+    buffer_base = len(trunk.buffers)
+    trunk.buffers.extend(tail.buffers)
+    codes = {}
+    for index, code in enumerate(tail.operatorCodes):
+        key = (code.builtinCode, code.deprecatedBuiltinCode, code.version, code.customCode)
+        for known, existing in enumerate(trunk.operatorCodes):
+            if key == (
+                existing.builtinCode,
+                existing.deprecatedBuiltinCode,
+                existing.version,
+                existing.customCode,
+            ):
+                codes[index] = known
+                break
+        else:
+            codes[index] = len(trunk.operatorCodes)
+            trunk.operatorCodes.append(code)
+    tensors = {head_input: joint}
+    for index, tensor in enumerate(top.tensors):
+        if index == head_input:
+            continue
+        tensor.buffer = buffer_base + tensor.buffer if tensor.buffer else 0
+        tensors[index] = len(body.tensors)
+        body.tensors.append(tensor)
+
+    def remap(indices: Any) -> list[int]:
+        return [] if indices is None else [tensors[int(i)] if i >= 0 else -1 for i in indices]
+
+    for operator in top.operators:
+        operator.opcodeIndex = codes[operator.opcodeIndex]
+        operator.inputs = remap(operator.inputs)
+        operator.outputs = remap(operator.outputs)
+        operator.intermediates = remap(operator.intermediates)
+        body.operators.append(operator)
+    body.outputs = [tensors[int(top.outputs[0])]]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(trunk))
 
 
 def _check_agreement(model: keras.Model, tflite: bytes, image_size: int) -> float:

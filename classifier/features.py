@@ -139,6 +139,12 @@ def extract_features(
     )
 
 
+def cached_trunk_tflite(cache_dir: str | Path, key: str) -> Path | None:
+    """The trunk's LiteRT conversion for cache ``key`` if one is on disk, else None."""
+    path = Path(cache_dir) / "trunks" / f"{key}.tflite"
+    return path if path.is_file() else None
+
+
 def trunk_tflite(
     config: TrainConfig, cache_dir: Path, key: str, trunk_factory: Callable[[], keras.Model]
 ) -> Path | None:

@@ -190,3 +190,70 @@ def test_it_removes_only_the_stale_export_temporaries(tmp_path: Path) -> None:
         [fresh.name, old_version.name, old_hidden.name, stale_file.name]
     )
     assert export.remove_stale_temporaries(tmp_path / "missing", older_than_seconds=0) == []
+
+
+def _trunk_and_head(feature_dim: int = 8, head_input: int | None = None):
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(feature_dim, 3, strides=2, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    trunk = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+    features = keras.Input((head_input or feature_dim,))
+    y = keras.layers.Dense(16, activation="relu", bias_initializer="random_normal")(features)
+    y = keras.layers.Dropout(0.2)(y)
+    y = keras.layers.Dense(3, activation="softmax", bias_initializer="random_normal")(y)
+    head = keras.Model(features, y)
+    return trunk, head
+
+
+def test_a_head_grafted_onto_a_converted_trunk_computes_the_whole_model() -> None:
+    trunk, head = _trunk_and_head()
+    whole = keras.Model(trunk.inputs, head(trunk.outputs[0]))
+    pixels = random_pixels(4)
+
+    grafted = export.graft_tflite(convert_to_tflite(trunk), head)
+
+    runner = LiteRTRunner(grafted, num_threads=1)
+    assert runner.output_shape == (3,)
+    np.testing.assert_allclose(runner.run(pixels), np.asarray(whole(pixels)), atol=1e-5)
+    np.testing.assert_allclose(runner.run(pixels[:1]), np.asarray(whole(pixels[:1])), atol=1e-5)
+
+
+def test_it_refuses_to_graft_a_head_that_does_not_fit_the_trunk() -> None:
+    trunk, head = _trunk_and_head(feature_dim=8, head_input=6)
+
+    with pytest.raises(ArtifactError, match="does not fit"):
+        export.graft_tflite(convert_to_tflite(trunk), head)
+
+
+def test_an_export_records_whether_its_tflite_was_grafted_and_checks_it_all_the_same(
+    tmp_path: Path,
+) -> None:
+    trunk, head = _trunk_and_head()
+    whole = keras.Model(trunk.inputs, head(trunk.outputs[0]))
+    common = dict(
+        class_names=["a", "b", "c"],
+        config=TrainConfig(image_size=SIZE, weights="none", epochs=1),
+        metrics={},
+        history=[],
+        dataset={},
+    )
+
+    grafted = export_version(
+        whole, tmp_path / "g", tflite=export.graft_tflite(convert_to_tflite(trunk), head), **common
+    )
+    converted = export_version(whole, tmp_path / "c", **common)
+    other_head = _trunk_and_head()[1]
+    other_head.layers[1].set_weights([w + 1 for w in other_head.layers[1].get_weights()])
+    wrong = export.graft_tflite(convert_to_tflite(trunk), other_head)
+
+    assert json.loads((grafted / "metadata.json").read_text())["tflite_origin"] == (
+        "grafted onto the cached trunk"
+    )
+    assert json.loads((converted / "metadata.json").read_text())["tflite_origin"] == (
+        "whole model converted"
+    )
+    with pytest.raises(ArtifactError, match="disagrees"):
+        export_version(whole, tmp_path / "w", tflite=wrong, **common)
+    assert not (tmp_path / "w").exists()
