@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from classifier import features as features_module
@@ -80,6 +81,9 @@ def test_it_learns_on_cached_features_exports_and_hits_the_cache_next_time(tmp_p
     assert result.stats["extraction"]["engine"] == "litert"
     meta = json.loads((result.version_dir / "metadata.json").read_text())
     assert meta["dataset"]["fingerprint"] == result.fingerprint
+    assert meta["tflite_origin"] == "grafted onto the cached trunk"
+    assert meta["tflite_max_abs_diff"] <= 1e-4
+    assert set(result.stats["phases"]) >= {"scan", "build", "extract", "train", "export"}
     assert json.loads((result.version_dir / "labels.json").read_text()) == ["a", "b", "c"]
     json.dumps(result.to_dict())
 
@@ -175,3 +179,23 @@ def test_it_skips_unreadable_photos_and_trains_on_a_given_file_list(tmp_path, da
 
     with pytest.raises(DatasetError, match="missing"):
         train(dataset, _config(), cache_dir=tmp_path / "cache", files=[("a/nope.jpg", 0)])
+
+
+def test_the_fused_adam_follows_keras_adam_step_for_step() -> None:
+    import keras
+
+    from classifier.train import FusedAdam
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(64, 8)).astype(np.float32)
+    gradients = [rng.normal(size=(64, 8)).astype(np.float32) for _ in range(30)]
+    results = []
+    for optimizer in (keras.optimizers.Adam(1e-2), FusedAdam(1e-2)):
+        variable = keras.Variable(start.copy())
+        optimizer.build([variable])
+        for gradient in gradients:
+            optimizer.apply([keras.ops.convert_to_tensor(gradient)], [variable])
+        results.append(keras.ops.convert_to_numpy(variable))
+
+    assert np.abs(results[0] - start).max() > 0.1  # it really moved
+    np.testing.assert_allclose(results[1], results[0], atol=1e-5)
