@@ -213,6 +213,36 @@ class ClassifyForm(forms.Form):
         self.fields["project"].queryset = projects
 
 
+class BatchForm(forms.Form):
+    """Many photos to classify in the background: one zip, or several photos."""
+
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(),
+        empty_label=None,
+        to_field_name="slug",
+        error_messages={
+            "invalid_choice": "That project has no active model version to classify with; "
+            "train or activate one first."
+        },
+    )
+    files = MultipleImageField(
+        label="A zip of photos, or several photos",
+        widget=MultipleFileInput(
+            attrs={"accept": ".zip,application/zip,image/*", "multiple": True}
+        ),
+    )
+
+    def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].queryset = projects
+
+    def clean_files(self) -> list:
+        files = self.cleaned_data["files"]
+        if not files:
+            raise ValidationError("Choose a zip of photos, or one or more photos, to classify.")
+        return files
+
+
 def add_service_errors(form: forms.Form, exc: ValidationError) -> None:
     """Show a service's ValidationError on the form: next to its field when it names one."""
     if not hasattr(exc, "error_dict"):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+from typing import Any
+
 from django.db.models import Count, QuerySet
 
 from webapp.models import (
     ActivationEvent,
+    BatchClassification,
     Dataset,
     ModelVersion,
     Prediction,
@@ -114,3 +118,45 @@ def activation_log(*, project: Project, limit: int = 50) -> QuerySet[ActivationE
 def classify_projects() -> QuerySet[Project]:
     """Projects that have an active version, i.e. that can classify a photo now."""
     return Project.objects.filter(versions__is_active=True).order_by("name")
+
+
+# --- Batches ------------------------------------------------------------------------------
+
+
+def batch_list(
+    *, project: Project | None = None, limit: int | None = None
+) -> QuerySet[BatchClassification]:
+    batches = BatchClassification.objects.select_related("project", "version", "created_by")
+    if project is not None:
+        batches = batches.filter(project=project)
+    return batches[:limit] if limit else batches
+
+
+def batch_label_counts(*, batch: BatchClassification) -> list[dict[str, Any]]:
+    """[{label, count, percent}] of the batch's answers so far, most frequent first."""
+    counts = list(
+        batch.predictions.values("label").annotate(count=Count("id")).order_by("-count", "label")
+    )
+    total = sum(row["count"] for row in counts) or 1
+    return [{**row, "percent": round(100 * row["count"] / total, 1)} for row in counts]
+
+
+def batch_results(
+    *, batch: BatchClassification, rows: int = 100, errors: int = 1000
+) -> dict[str, list[dict[str, str]]]:
+    """The first ``rows`` rows of a succeeded batch's ``results.csv`` and up to ``errors``
+    of its refused files (file, error); empty lists before it succeeded."""
+    out: dict[str, list[dict[str, str]]] = {"rows": [], "errors": []}
+    path = batch.path / "results.csv"
+    if not batch.has_results or not path.is_file():
+        return out
+    wanted_errors = min(batch.failed, errors)
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if len(out["rows"]) < rows:
+                out["rows"].append(row)
+            if row["error"] and len(out["errors"]) < wanted_errors:
+                out["errors"].append(row)
+            if len(out["rows"]) >= rows and len(out["errors"]) >= wanted_errors:
+                break
+    return out

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from webapp.views import classify, datasets, health, jobs, pages, projects, versions
+from webapp.views import batches, classify, datasets, health, jobs, pages, projects, versions
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -16,6 +16,7 @@ urlpatterns = [
     path("datasets/", pages.dataset_list, name="dataset_list"),
     path("jobs/", pages.job_list, name="job_list"),
     path("models/", pages.version_list, name="version_list"),
+    path("batches/", pages.batch_list, name="batch_list"),
     # Projects
     path("projects/", projects.project_list, name="project_list"),
     path("projects/new/", projects.project_create, name="project_create"),
@@ -79,9 +80,14 @@ urlpatterns = [
         versions.version_download,
         name="version_download",
     ),
+    # Batches (started from the classify page)
+    path("projects/<slug:slug>/batches/", batches.project_batch_list, name="project_batch_list"),
+    path("batches/<int:pk>/", batches.batch_detail, name="batch_detail"),
+    path("batches/<int:pk>/live/", batches.batch_live, name="batch_live"),
     # Classify
     path("classify/", classify.classify, name="classify"),
     path("classify/photos/", classify.classify_photos, name="classify_photos"),
+    path("classify/batches/", classify.batch_create, name="batch_create"),
     path("predictions/<int:pk>/correct/", classify.prediction_correct, name="prediction_correct"),
     path(
         "predictions/<int:pk>/add-to-dataset/",

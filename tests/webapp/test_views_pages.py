@@ -6,7 +6,15 @@ from django.urls import reverse
 from tests.factories import make_dataset, make_job, make_project, make_version
 from webapp.models import Project
 
-NAV = ["dashboard", "project_list", "dataset_list", "job_list", "version_list", "classify"]
+NAV = [
+    "dashboard",
+    "project_list",
+    "dataset_list",
+    "job_list",
+    "version_list",
+    "classify",
+    "batch_list",
+]
 
 
 @pytest.mark.parametrize("name", NAV)

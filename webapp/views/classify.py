@@ -1,19 +1,27 @@
-"""Classify: photos in, top-5 labels out; corrections flow back into datasets."""
+"""Classify: photos in, top-5 labels out; corrections flow back into datasets. Many
+photos (a zip, or a folder's worth) go to a batch classified in the background."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import permission_required
-from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import TooManyFilesSent, ValidationError
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from classifier.errors import ArtifactError, InvalidImageError
 from webapp import selectors, services
-from webapp.forms import AddToDatasetForm, ClassifyForm, CorrectionForm, add_service_errors
+from webapp.forms import (
+    AddToDatasetForm,
+    BatchForm,
+    ClassifyForm,
+    CorrectionForm,
+    add_service_errors,
+)
 from webapp.models import Prediction
 
 
@@ -30,8 +38,18 @@ def _is_htmx(request: HttpRequest) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def _page(request: HttpRequest, form: ClassifyForm, outcomes=(), status: int = 200):
+def _page(
+    request: HttpRequest,
+    form: ClassifyForm,
+    outcomes=(),
+    status: int = 200,
+    batch_form: BatchForm | None = None,
+):
     project = form["project"].value() or request.GET.get("project")
+    if batch_form is None:
+        batch_form = BatchForm(
+            projects=form.fields["project"].queryset, initial={"project": project}
+        )
     return render(
         request,
         "classify/index.html",
@@ -41,6 +59,10 @@ def _page(request: HttpRequest, form: ClassifyForm, outcomes=(), status: int = 2
             "predictions": selectors.prediction_list(limit=12),
             "active_versions": selectors.active_versions(),
             "selected_project": project,
+            "batch_form": batch_form,
+            "recent_batches": selectors.batch_list(limit=5),
+            "max_zip_mb": settings.GRAFT_MAX_ZIP_MB,
+            "max_files": settings.DATA_UPLOAD_MAX_NUMBER_FILES,
         },
         status=status,
     )
@@ -86,6 +108,65 @@ def classify_photos(request: HttpRequest) -> HttpResponse:
     if _is_htmx(request):
         return render(request, "classify/_results.html", {"outcomes": outcomes})
     return _page(request, form, outcomes)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+@require_POST
+def batch_create(request: HttpRequest) -> HttpResponse:
+    """Store a zip or several photos, classify them in the background, open the batch.
+
+    Answers JSON to the page's progress-bar upload. A refusal stores nothing and says why:
+    400 bad input, 409 no active version, 413 too large, 503 no broker or no worker.
+    """
+    projects = selectors.classify_projects()
+    status = 400
+    try:
+        form = BatchForm(request.POST, request.FILES, projects=projects)
+    except TooManyFilesSent:  # the upload could not even be read
+        refusal = (
+            f"Send at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} photos at once; "
+            "put more in a zip."
+        )
+        if _wants_json(request):
+            return JsonResponse({"errors": {"files": [{"message": refusal}]}}, status=400)
+        messages.error(request, refusal)
+        return _page(request, ClassifyForm(projects=projects), status=400)
+    if form.is_valid():
+        try:
+            batch = services.batch_create(
+                project=form.cleaned_data["project"],
+                files=form.cleaned_data["files"],
+                user=request.user,
+                check_workers=True,
+            )
+        except ValidationError as exc:
+            add_service_errors(form, exc)
+        except services.NoActiveVersion as exc:
+            form.add_error("project", str(exc))
+            status = 409
+        except services.UploadTooLarge as exc:
+            form.add_error("files", str(exc))
+            status = 413
+        except services.QueueUnavailable as exc:
+            form.add_error(None, str(exc))
+            status = 503
+        else:
+            messages.success(
+                request,
+                f"Batch #{batch.pk} queued: {batch.total} photo{'s' if batch.total != 1 else ''} "
+                f"for {batch.project.name} {batch.version_label}.",
+            )
+            if _wants_json(request):
+                return JsonResponse({"redirect": batch.get_absolute_url()})
+            return redirect(batch)
+    if _wants_json(request):
+        return JsonResponse({"errors": form.errors.get_json_data()}, status=status)
+    chosen = form["project"].value() if form.is_bound else None
+    page_form = ClassifyForm(projects=projects, initial={"project": chosen})
+    return _page(request, page_form, status=status, batch_form=form)
 
 
 def _prediction(pk: int) -> Prediction:

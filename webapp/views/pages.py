@@ -34,5 +34,10 @@ def job_list(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+def batch_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "batches/list.html", {"batches": selectors.batch_list(limit=200)})
+
+
+@require_GET
 def version_list(request: HttpRequest) -> HttpResponse:
     return render(request, "versions/list.html", {"versions": selectors.version_list()})

@@ -47,5 +47,6 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "jobs": selectors.job_list(project=project, limit=20),
             "versions": selectors.version_list(project=project),
             "events": selectors.activation_log(project=project, limit=10),
+            "batches": selectors.batch_list(project=project, limit=10),
         },
     )

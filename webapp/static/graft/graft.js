@@ -72,7 +72,7 @@
       var body = null;
       try { body = JSON.parse(xhr.responseText); } catch (err) { /* not JSON */ }
       if (xhr.status === 200 && body && body.redirect) {
-        status.textContent = "Uploaded; opening the import report…";
+        status.textContent = form.dataset.uploadDone || "Uploaded; opening the import report…";
         window.location.assign(body.redirect);
         return;
       }
