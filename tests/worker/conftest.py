@@ -10,6 +10,7 @@ import pytest
 from tests.factories import make_project
 from tests.images import image_folder
 from tests.waiting import wait_for
+from tests.webapp.conftest import served_project, tiny_version_dirs  # noqa: F401 - batch tests
 from webapp import services
 from webapp.models import TrainingJob
 
