@@ -2,6 +2,7 @@
 
     python bench/train_bench.py DATA_DIR [--photos 3000]
     python bench/train_bench.py DATA_DIR --accuracy [--seeds 3]
+    python bench/train_bench.py DATA_DIR --memory [--sizes 750,1500,3000]
 
 Speed mode builds (under a temporary folder) a dataset of about ``--photos`` photos from
 DATA_DIR by writing flipped and cropped copies, then runs in this one process:
@@ -20,6 +21,11 @@ Accuracy mode uses DATA_DIR itself: the frozen recipe head (5 epochs at 1e-3, as
 against Graft — a frozen stage on cached features (15 epochs at 3e-4 by default: epochs cost
 milliseconds there) then fine-tuning of the top layers (options below) — averaged over
 ``--seeds`` seeds, each with its own validation split.
+
+Memory mode trains, each in a fresh ``python -m classifier train`` process, on folders of
+growing size (built the same way): a cold-cache job (extraction + head + export) and a
+streaming job (augmentation on, so every photo goes through the trunk each epoch; 1 epoch),
+and prints each process's peak RSS (``wait4``), to show memory does not grow with the data.
 
 KERAS_HOME defaults to ``../shared/keras_home`` beside the repository when that exists (it
 must be set before Keras is imported). Figures only; nothing here asserts on time.
@@ -68,11 +74,15 @@ def main() -> None:
     parser.add_argument("--fine-tune-learning-rate", type=float, default=1e-4)
     parser.add_argument("--augment", action="store_true")
     parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--memory", action="store_true")
+    parser.add_argument("--sizes", default="750,1500,3000", help="memory mode: photo counts")
     args = parser.parse_args()
     print(f"KERAS_HOME={os.environ.get('KERAS_HOME', '(keras default)')}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.work_dir, prefix="graft-bench-") as tmp:
         if args.accuracy:
             accuracy_mode(args, Path(tmp))
+        elif args.memory:
+            memory_mode(args, Path(tmp))
         else:
             speed_mode(args, Path(tmp))
 
@@ -128,6 +138,44 @@ def accuracy_mode(args: argparse.Namespace, tmp: Path) -> None:
         f"{' + augment' if args.augment else ''}: {mean(graft_scores):.3f}  {graft_scores}"
     )
     print(f"  difference: {100 * (mean(graft_scores) - mean(recipe_scores)):+.1f} points")
+
+
+def memory_mode(args: argparse.Namespace, tmp: Path) -> None:
+    sizes = [int(size) for size in args.sizes.split(",")]
+    rows = []
+    for size in sizes:
+        folder = build_folder(args.data_dir, tmp / f"photos-{size}", size)
+        photos = sum(1 for p in folder.rglob("*") if p.is_file())
+        cold = train_in_child(folder, tmp / f"cold-{size}", [])
+        streaming = train_in_child(folder, tmp / f"stream-{size}", ["--augment", "--epochs", "1"])
+        rows.append((photos, cold, streaming))
+        print(
+            f"{photos:6d} photos: cold-cache job peak RSS {cold[0]:6.0f} MB ({cold[1]:5.1f} s)"
+            f"  streaming job peak RSS {streaming[0]:6.0f} MB ({streaming[1]:5.1f} s)",
+            flush=True,
+        )
+    (first, *_), (last, *_) = rows[0], rows[-1]
+    for name, column in (("cold-cache", 1), ("streaming", 2)):
+        low, high = rows[0][column][0], rows[-1][column][0]
+        print(
+            f"{name}: {last / first:.1f}x the photos -> peak RSS x{high / low:.2f}"
+            f" ({high - low:+.0f} MB)"
+        )
+
+
+def train_in_child(folder: Path, work: Path, extra: list[str]) -> tuple[float, float]:
+    """Run ``python -m classifier train`` in a new process; return (peak RSS MB, seconds)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "classifier", "train", str(folder), "--out"]
+    command += [str(work / "version"), "--cache-dir", str(work / "cache"), *extra]
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise SystemExit(f"{' '.join(command)} failed with exit status {child.returncode}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - started
 
 
 def graft(folder: Path, config: TrainConfig, out_dir: Path | None, cache_dir: Path) -> dict:
