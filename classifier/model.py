@@ -245,12 +245,21 @@ def _preprocess_layer() -> keras.layers.Layer:
 
 
 def _head_layers(num_classes: int, config: TrainConfig) -> list[keras.layers.Layer]:
+    # Initialisers and dropout seeded from config.seed alone, so build_head and build_model
+    # give the same head whatever was built before, in whichever thread (Keras draws unseeded
+    # layers' seeds from Python's global random, which a background build also draws from).
+    def dense(units: int, activation: str, name: str, offset: int) -> keras.layers.Dense:
+        initializer = keras.initializers.GlorotUniform(seed=config.seed + offset)
+        return keras.layers.Dense(
+            units, activation=activation, kernel_initializer=initializer, name=name
+        )
+
     layers: list[keras.layers.Layer] = [
-        keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}")
+        dense(units, "relu", f"head_dense_{i}", i)
         for i, units in enumerate(config.head_units, start=1)
     ]
-    layers.append(keras.layers.Dropout(config.dropout, name="head_dropout"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="predictions"))
+    layers.append(keras.layers.Dropout(config.dropout, seed=config.seed, name="head_dropout"))
+    layers.append(dense(num_classes, "softmax", "predictions", len(layers)))
     return layers
 
 

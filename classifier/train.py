@@ -32,6 +32,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,12 +170,31 @@ class _Run:
         self.stats: dict[str, Any] = {}
         self.cache_hit = False
         self.head: keras.Model | None = None
-        self.model: keras.Model | None = None
+        self._model: keras.Model | None = None
+        self._model_future: Future[keras.Model] | None = None
+        self._resumed_head: list[np.ndarray] | None = None
         self.features: dict[str, np.ndarray] = {}
+
+    @property
+    def model(self) -> keras.Model:
+        """The full classifier; waits for it when it is being built in the background."""
+        if self._model is None and self._model_future is not None:
+            self._model = self._model_future.result()
+        if self._model is None:
+            raise RuntimeError("The model has not been built yet.")
+        return self._model
 
     # -- the steps -------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-build") as builder:
+            try:
+                return self._run(builder)
+            finally:
+                if self._model_future is not None:
+                    self._model_future.cancel()
+
+    def _run(self, builder: ThreadPoolExecutor) -> TrainResult:
         started = time.perf_counter()
         config = self.config
         if self.out_dir is not None and self.out_dir.exists():
@@ -185,9 +205,15 @@ class _Run:
         with self._timed("scan"):
             scan = self._scan()
             train_items, val_items = split_dataset(scan, config.validation_split, config.seed)
-        with self._timed("build"):
-            self.model = build_model(len(scan.class_names), config)
         use_cache = config.use_feature_cache and not config.augment
+        if use_cache:
+            # The head trains on features, not on this model: building MobileNetV2 and loading
+            # its weights (~1 s) overlaps reading the cache and training the head. The head's
+            # initial weights come from the seed alone (model.build_head), not from this model.
+            self._model_future = builder.submit(build_model, len(scan.class_names), config)
+        else:
+            with self._timed("build"):
+                self._model = build_model(len(scan.class_names), config)
 
         with self._timed("extract" if use_cache else "verify"):
             if use_cache:
@@ -308,8 +334,9 @@ class _Run:
         config = self.config
         x_train, y_train = self._feature_arrays(self.train_items)
         x_val, y_val = self._feature_arrays(self.val_items)
-        head = build_head(len(self.scan.class_names), x_train.shape[1], config)
-        copy_head_weights(self.model, head, config)  # seeded init, or the resumed weights
+        head = build_head(len(self.scan.class_names), x_train.shape[1], config)  # seeded init
+        if self._resumed_head is not None:
+            _set_head_weights(head, config, self._resumed_head)
         # One graph call per epoch: the per-step Python and dispatch overhead would
         # otherwise cost more than the step itself (callbacks then see one batch per epoch).
         steps = math.ceil(len(x_train) / config.batch_size)
@@ -335,8 +362,9 @@ class _Run:
             verbose=0,
         )
         bridge.finish()
-        copy_head_weights(head, self.model, config)
         self.head = head
+        with self._timed("build (waited)"):
+            copy_head_weights(head, self.model, config)
 
     def _train_streaming(
         self, state: dict[str, Any], phase: str, end_epoch: int, learning_rate: float
@@ -427,7 +455,7 @@ class _Run:
             metrics=metrics,
             history=self.history,
             dataset=dataset,
-            tflite=self._grafted_tflite() if grafted else None,
+            tflite=self._grafted_tflite if grafted else None,
         )
 
     def _grafted_tflite(self) -> bytes | None:
@@ -472,7 +500,10 @@ class _Run:
         if state is None:
             return fresh
         weights = state.pop("weights")
-        _set_weights(self.model, self.config, state["kind"], weights)
+        if state["kind"] == "head" and self._model is None:
+            self._resumed_head = weights  # the head trains on features: it takes them there
+        else:
+            _set_weights(self.model, self.config, state["kind"], weights)
         self.history = state["history"]
         return state
 
