@@ -16,8 +16,9 @@ and splits the dataset (``classifier.data``), builds the model (``classifier.mod
 
 Callers follow progress through :class:`TrainCallbacks` (per batch, per epoch, per phase)
 and cancel through its ``should_stop``. With ``checkpoint_dir`` every finished epoch is
-saved (weights, epoch, history, early-stopping state, written atomically) and a later call
-with the same directory, config and data resumes at the next epoch. Runs are seeded
+saved (weights, optimizer state, epoch, history, early-stopping state; written atomically)
+and a later call with the same directory, config and data resumes at the next epoch, its
+optimizer where it was. Runs are seeded
 (``keras.utils.set_random_seed``): the same config and data give the same split, initial
 weights and shuffling.
 """
@@ -59,6 +60,7 @@ Item = tuple[str, int]
 CHECKPOINT_STATE = "checkpoint.json"
 CHECKPOINT_WEIGHTS = "weights.npz"
 CHECKPOINT_BEST = "best.npz"
+CHECKPOINT_OPTIMIZER = "optimizer.npz"
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +175,7 @@ class _Run:
         self._model: keras.Model | None = None
         self._model_future: Future[keras.Model] | None = None
         self._resumed_head: list[np.ndarray] | None = None
+        self._resumed_optimizer: tuple[str | None, list[np.ndarray] | None] = (None, None)
         self.features: dict[str, np.ndarray] = {}
 
     @property
@@ -341,6 +344,7 @@ class _Run:
         # otherwise cost more than the step itself (callbacks then see one batch per epoch).
         steps = math.ceil(len(x_train) / config.batch_size)
         _compile(head, config.learning_rate, fused=True, steps_per_execution=steps)
+        self._restore_optimizer(head, "head")
         bridge = _Bridge(
             self,
             state,
@@ -373,6 +377,7 @@ class _Run:
         model = self.model
         _compile(model, learning_rate)
         kind = "head" if phase == "training" else "model"
+        self._restore_optimizer(model, kind)
         train_ds = make_dataset(
             self.data_dir,
             self.train_items,
@@ -500,12 +505,27 @@ class _Run:
         if state is None:
             return fresh
         weights = state.pop("weights")
+        self._resumed_optimizer = (state["kind"], state.pop("optimizer", None))
         if state["kind"] == "head" and self._model is None:
             self._resumed_head = weights  # the head trains on features: it takes them there
         else:
             _set_weights(self.model, self.config, state["kind"], weights)
         self.history = state["history"]
         return state
+
+    def _restore_optimizer(self, model: keras.Model, kind: str) -> None:
+        """Give a resumed stage its optimizer back (Adam's step count and moments).
+
+        Used once, by the stage the checkpoint was written in; without it Adam would
+        restart its moment estimates, and the resumed run would differ from an
+        uninterrupted one more than its shuffling does.
+        """
+        saved_kind, saved = self._resumed_optimizer
+        self._resumed_optimizer = (None, None)
+        if saved is None or saved_kind != kind:
+            return
+        if not restore_optimizer_state(model, saved):
+            log.warning("The checkpoint's optimizer state does not fit; Adam starts afresh.")
 
     def _restore_best(self, state: dict[str, Any], kind: str) -> None:
         if self.config.early_stopping_patience > 0 and state["kind"] == kind and state["best"]:
@@ -618,7 +638,9 @@ class _Bridge(keras.callbacks.Callback):
                     state["stopped"] = True
                     self.model.stop_training = True
         if self.run.checkpoint is not None:
-            self.run.checkpoint.save(state, self.get_weights())
+            self.run.checkpoint.save(
+                state, self.get_weights(), optimizer_state(self.model.optimizer)
+            )
         self.run.callbacks.on_epoch(epoch + 1, dict(record))
 
     def finish(self) -> None:
@@ -634,14 +656,22 @@ class _Checkpoint:
         self.folder = folder
         self.signature = ""
 
-    def save(self, state: dict[str, Any], weights: list[np.ndarray]) -> None:
+    def save(
+        self,
+        state: dict[str, Any],
+        weights: list[np.ndarray],
+        optimizer: list[np.ndarray] | None = None,
+    ) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         _atomic_npz(self.folder / CHECKPOINT_WEIGHTS, weights)
+        if optimizer is not None:
+            _atomic_npz(self.folder / CHECKPOINT_OPTIMIZER, optimizer)
         if state.get("best") is not None:
             _atomic_npz(self.folder / CHECKPOINT_BEST, state["best"])
         meta = {k: v for k, v in state.items() if k not in ("weights", "best")}
         meta["signature"] = self.signature
         meta["has_best"] = state.get("best") is not None
+        meta["has_optimizer"] = optimizer is not None
         _atomic_bytes(self.folder / CHECKPOINT_STATE, json.dumps(meta).encode())
 
     def load(self) -> dict[str, Any] | None:
@@ -654,6 +684,9 @@ class _Checkpoint:
                 return None
             meta["weights"] = _load_npz(self.folder / CHECKPOINT_WEIGHTS)
             meta["best"] = _load_npz(self.folder / CHECKPOINT_BEST) if meta["has_best"] else None
+            meta["optimizer"] = (
+                _load_npz(self.folder / CHECKPOINT_OPTIMIZER) if meta.get("has_optimizer") else None
+            )
         except (OSError, ValueError, KeyError):
             return None
         return meta
@@ -704,6 +737,30 @@ class FusedAdam(keras.optimizers.Adam):
             grad=tf.cast(gradient, dtype),
             use_locking=False,
         )
+
+
+def optimizer_state(optimizer: keras.optimizers.Optimizer) -> list[np.ndarray]:
+    """The optimizer's variables (step count, then e.g. Adam's moments) as arrays."""
+    return [keras.ops.convert_to_numpy(variable) for variable in optimizer.variables]
+
+
+def restore_optimizer_state(model: keras.Model, saved: list[np.ndarray]) -> bool:
+    """Load ``optimizer_state`` output into a compiled model's optimizer; False if it misfits.
+
+    The optimizer is built for the model's trainable variables first (``fit`` then keeps
+    it), so the variables line up as they did when the state was saved.
+    """
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    variables = list(optimizer.variables)
+    if len(variables) != len(saved) or any(
+        tuple(v.shape) != tuple(a.shape) for v, a in zip(variables, saved, strict=True)
+    ):
+        return False
+    for variable, value in zip(variables, saved, strict=True):
+        variable.assign(value)
+    return True
 
 
 def _handle(variable: Any) -> Any:

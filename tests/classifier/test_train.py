@@ -143,6 +143,7 @@ def test_it_resumes_from_the_last_checkpointed_epoch(tmp_path, dataset, no_liter
     )
 
     assert result.resumed_from_epoch == 1
+    assert (checkpoint / "optimizer.npz").is_file()  # Adam's moments come back too
     assert [epoch for epoch, _ in recorder.epochs] == [2, 3]
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.metrics["accuracy"] >= 0.9
@@ -199,3 +200,28 @@ def test_the_fused_adam_follows_keras_adam_step_for_step() -> None:
 
     assert np.abs(results[0] - start).max() > 0.1  # it really moved
     np.testing.assert_allclose(results[1], results[0], atol=1e-5)
+
+
+def test_an_optimizer_state_saved_after_some_steps_comes_back_in_a_new_model() -> None:
+    import keras
+
+    from classifier.train import FusedAdam, optimizer_state, restore_optimizer_state
+
+    def compiled(units: int = 4) -> keras.Model:
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(units)])
+        model.compile(optimizer=FusedAdam(1e-2), loss="mse")
+        return model
+
+    x = np.ones((8, 3), np.float32)
+    trained = compiled()
+    for _ in range(3):
+        trained.train_on_batch(x, np.zeros((8, 4), np.float32))
+    saved = optimizer_state(trained.optimizer)
+
+    fresh = compiled()
+    assert restore_optimizer_state(fresh, saved)
+    assert int(keras.ops.convert_to_numpy(fresh.optimizer.iterations)) == 3
+    for restored, expected in zip(optimizer_state(fresh.optimizer), saved, strict=True):
+        np.testing.assert_array_equal(restored, expected)
+    assert np.abs(saved[1]).max() > 0  # the moments really were non-zero
+    assert not restore_optimizer_state(compiled(units=5), saved)
