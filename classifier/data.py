@@ -14,7 +14,11 @@ No TensorFlow here: the web process imports this module.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import tempfile
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -24,6 +28,8 @@ from classifier.errors import DatasetError, InvalidImageError
 from classifier.images import SUPPORTED_SUFFIXES, open_image
 
 Item = tuple[str, int]
+
+log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 1 << 20
 
@@ -100,6 +106,7 @@ def scan_dataset(
     min_images_per_class: int = 2,
     check_images: bool = True,
     min_classes: int = 2,
+    hash_cache: str | Path | None = None,
 ) -> DatasetScan:
     """List, hash and (optionally) verify every photo under ``root/<class>/``.
 
@@ -109,6 +116,14 @@ def scan_dataset(
     threads); unreadable files land in ``rejected`` with the reason. Training needs
     ``min_classes=2`` (one class teaches nothing); evaluation passes 1, since scoring a
     version on the photos of a single class is a fair question.
+
+    With ``hash_cache`` (a JSON file, see :func:`hash_cache_path`), a file whose size,
+    modification time and inode are unchanged since the last scan is not read again: its
+    recorded hash (and image check) is reused, as ``git`` does with its index. A rescan
+    after adding a few photos to a large dataset then reads only the new ones. Entries
+    written less than two seconds after the file was modified are not trusted (an edit in
+    the same clock tick would go unseen). A missing, unreadable or unwritable cache only
+    costs the speed-up.
 
     Raises:
         DatasetError: ``root`` is not a folder, it has fewer than ``min_classes`` class
@@ -138,9 +153,18 @@ def scan_dataset(
                 candidates.append((path.relative_to(root).as_posix(), index))
     candidates.sort()
 
+    cache = _HashCache(Path(hash_cache)) if hash_cache is not None else None
+
+    def inspect(item: Item) -> tuple[int, str, str | None]:
+        if cache is None:
+            return _inspect(root, item[0], check_images)
+        return cache.inspect(root, item[0], check_images)
+
     workers = min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda item: _inspect(root, item[0], check_images), candidates))
+        results = list(pool.map(inspect, candidates))
+    if cache is not None:
+        cache.save()
 
     items: list[Item] = []
     rejected: list[tuple[str, str]] = []
@@ -210,6 +234,71 @@ def verify_images(root: str | Path, relpaths: list[str]) -> list[tuple[str, str]
         for relpath, (_, _, problem) in zip(relpaths, results, strict=True)
         if problem is not None
     ]
+
+
+def hash_cache_path(cache_dir: str | Path, root: str | Path) -> Path:
+    """Where the scan hash cache of dataset folder ``root`` lives under ``cache_dir``."""
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:24]
+    return Path(cache_dir) / "scans" / f"{key}.json"
+
+
+class _HashCache:
+    """``relpath -> (size, mtime_ns, inode, sha256, checked, problem)`` kept in a JSON file."""
+
+    FORMAT = 1
+    RACY_NS = 2_000_000_000
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.fresh: dict[str, list] = {}
+        self.written_ns = 0
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") == self.FORMAT:
+                self.entries = dict(data["entries"])
+                self.written_ns = int(data["written_ns"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        self.changed = False
+
+    def inspect(self, root: Path, relpath: str, check_image: bool) -> tuple[int, str, str | None]:
+        try:
+            stat = os.stat(root / relpath)
+        except OSError:
+            return _inspect(root, relpath, check_image)
+        signature = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        entry = self.entries.get(relpath)
+        if (
+            entry is not None
+            and len(entry) == 6
+            and entry[:3] == signature
+            and stat.st_mtime_ns < self.written_ns - self.RACY_NS
+            and (entry[4] or not check_image)
+        ):
+            self.fresh[relpath] = entry
+            return entry[0], entry[3], entry[5]
+        size, digest, problem = _inspect(root, relpath, check_image)
+        # Kept when the file did not change while it was read, and the answer is about
+        # its content (a hash, or a failed image check), never a passing read error.
+        if size == signature[0] and (digest or (check_image and size > 0)):
+            self.fresh[relpath] = [*signature, digest, check_image or problem is not None, problem]
+        self.changed = True
+        return size, digest, problem
+
+    def save(self) -> None:
+        if not self.changed and set(self.fresh) == set(self.entries):
+            return
+        document = {"format": self.FORMAT, "written_ns": time.time_ns(), "entries": self.fresh}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                "w", dir=self.path.parent, suffix=".tmp", delete=False
+            ) as handle:
+                json.dump(document, handle, separators=(",", ":"))
+            os.replace(handle.name, self.path)
+        except OSError as exc:
+            log.warning("Could not write the scan hash cache %s: %s", self.path, exc)
 
 
 def _unit_hash(relpath: str, seed: int) -> float:

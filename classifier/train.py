@@ -43,7 +43,13 @@ import keras
 import numpy as np
 
 from classifier.config import TrainConfig
-from classifier.data import DatasetScan, scan_dataset, split_dataset, verify_images
+from classifier.data import (
+    DatasetScan,
+    hash_cache_path,
+    scan_dataset,
+    split_dataset,
+    verify_images,
+)
 from classifier.errors import DatasetError, TrainingCancelled
 from classifier.features import extract_features
 from classifier.model import (
@@ -286,7 +292,12 @@ class _Run:
         )
 
     def _scan(self) -> DatasetScan:
-        scan = scan_dataset(self.data_dir, min_images_per_class=1, check_images=False)
+        scan = scan_dataset(
+            self.data_dir,
+            min_images_per_class=1,
+            check_images=False,
+            hash_cache=hash_cache_path(self.cache_dir, self.data_dir),
+        )
         if self.files is not None:
             wanted = dict(self.files)
             missing = sorted(set(wanted) - set(scan.files))

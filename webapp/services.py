@@ -388,7 +388,14 @@ def zipfile_like(path: Path) -> bool:
 def _scan(root: Path):  # -> classifier.data.DatasetScan
     from classifier.data import scan_dataset
 
-    return scan_dataset(root, min_images_per_class=1)
+    return scan_dataset(root, min_images_per_class=1, hash_cache=_hash_cache(root))
+
+
+def _hash_cache(root: Path) -> Path:
+    """The scan hash cache for ``root``, beside the worker's feature cache (same file)."""
+    from classifier.data import hash_cache_path
+
+    return hash_cache_path(Path(settings.GRAFT_DATA_DIR) / "cache", root)
 
 
 def _dataset_fail(dataset: Dataset, error: str) -> Dataset:
@@ -420,7 +427,11 @@ def dataset_add_images(
 
 
 def dataset_refresh(*, dataset: Dataset) -> Dataset:
-    """Recount a dataset from disk (classes, counts, bytes, fingerprint)."""
+    """Recount a dataset from disk (classes, counts, bytes, fingerprint).
+
+    Files unchanged since the last scan are not read again (``scan_dataset``'s hash cache),
+    so adding a few photos to a large dataset costs a directory walk, not a re-hash.
+    """
     from classifier.data import scan_dataset
 
     root = dataset.path
@@ -431,7 +442,9 @@ def dataset_refresh(*, dataset: Dataset) -> Dataset:
             class_counts=counts, image_count=sum(counts.values()), updated_at=timezone.now()
         )
     else:
-        scan = scan_dataset(root, min_images_per_class=0, check_images=False)
+        scan = scan_dataset(
+            root, min_images_per_class=0, check_images=False, hash_cache=_hash_cache(root)
+        )
         Dataset.objects.filter(pk=dataset.pk).update(
             class_counts=scan.counts(),
             image_count=len(scan.items),

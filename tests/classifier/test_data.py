@@ -125,3 +125,100 @@ def test_it_keeps_existing_files_on_their_side_when_files_are_added(tmp_path, ma
     assert set(before_train) <= set(after_train)
     assert set(before_val) <= set(after_val)
     assert len(after_train) + len(after_val) == 90
+
+
+def _age(root, seconds: float = 60.0) -> None:
+    """Backdate every file, as if the photos had been on disk for a while."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            _age_file(path, seconds)
+
+
+def _age_file(path, seconds: float = 30.0) -> None:
+    import os
+    import time
+
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
+def _count_reads(monkeypatch) -> list[str]:
+    from classifier import data
+
+    reads: list[str] = []
+    real = data._inspect
+
+    def counting(root, relpath, check_image):
+        reads.append(relpath)
+        return real(root, relpath, check_image)
+
+    monkeypatch.setattr(data, "_inspect", counting)
+    return reads
+
+
+def test_a_hash_cache_rereads_only_new_or_changed_files(tmp_path, make_image_folder, monkeypatch):
+    from classifier.data import hash_cache_path
+
+    root = make_image_folder(tmp_path / "ds", classes={"a": 4, "b": 4})
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    _age(root)
+    cache = hash_cache_path(tmp_path / "cache", root)
+    first = scan_dataset(root, hash_cache=cache)
+    reads = _count_reads(monkeypatch)
+
+    again = scan_dataset(root, hash_cache=cache)
+    assert reads == []  # nothing read: size, mtime and inode all unchanged
+    assert (again.fingerprint, again.files, again.rejected) == (
+        first.fingerprint,
+        first.files,
+        first.rejected,
+    )
+
+    (root / "b" / "b_001.png").write_bytes((root / "a" / "a_000.jpg").read_bytes())
+    (root / "b" / "new.jpg").write_bytes((root / "b" / "b_000.jpg").read_bytes())
+    for name in ("b_001.png", "new.jpg"):
+        _age_file(root / "b" / name)
+    changed = scan_dataset(root, hash_cache=cache)
+    assert sorted(reads) == ["b/b_001.png", "b/new.jpg"]
+    uncached = scan_dataset(root)
+    assert (changed.fingerprint, changed.files) == (uncached.fingerprint, uncached.files)
+
+
+def test_a_hash_cache_does_not_trust_a_file_modified_just_before_it_was_written(
+    tmp_path, make_image_folder, monkeypatch
+):
+    root = make_image_folder(tmp_path / "ds", classes={"a": 2, "b": 2})
+    cache = tmp_path / "scan.json"
+    scan_dataset(root, hash_cache=cache)  # the photos were written an instant ago
+    reads = _count_reads(monkeypatch)
+
+    scan_dataset(root, hash_cache=cache)
+
+    assert len(reads) == 4  # same clock tick as the cache: an edit could hide, so re-read
+
+
+def test_a_hash_cache_from_a_quick_scan_does_not_stand_in_for_an_image_check(
+    tmp_path, make_image_folder, monkeypatch
+):
+    root = make_image_folder(tmp_path / "ds", classes={"a": 2, "b": 2})
+    _age(root)
+    cache = tmp_path / "scan.json"
+    scan_dataset(root, hash_cache=cache, check_images=False)
+    reads = _count_reads(monkeypatch)
+
+    scan_dataset(root, hash_cache=cache, check_images=True)
+    scan_dataset(root, hash_cache=cache, check_images=False)
+
+    assert len(reads) == 4  # checked once, then both kinds of scan reuse the entries
+
+
+def test_a_damaged_or_unwritable_hash_cache_only_costs_speed(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds", classes={"a": 2, "b": 2})
+    expected = scan_dataset(root).fingerprint
+    damaged = tmp_path / "scan.json"
+    damaged.write_text("{not json")
+    blocked = tmp_path / "file" / "scan.json"
+    (tmp_path / "file").write_text("a file where the cache folder should be")
+
+    assert scan_dataset(root, hash_cache=damaged).fingerprint == expected
+    assert scan_dataset(root, hash_cache=blocked).fingerprint == expected
