@@ -180,6 +180,7 @@ class _Run:
         self.head: keras.Model | None = None
         self._model: keras.Model | None = None
         self._model_future: Future[keras.Model] | None = None
+        self._pending_build: Callable[[], Future[keras.Model]] | None = None
         self._resumed_head: list[np.ndarray] | None = None
         self._resumed_optimizer: tuple[str | None, list[np.ndarray] | None] = (None, None)
         self.features: dict[str, np.ndarray] = {}
@@ -187,6 +188,7 @@ class _Run:
     @property
     def model(self) -> keras.Model:
         """The full classifier; waits for it when it is being built in the background."""
+        self._start_build()
         if self._model is None and self._model_future is not None:
             self._model = self._model_future.result()
         if self._model is None:
@@ -217,9 +219,12 @@ class _Run:
         use_cache = config.use_feature_cache and not config.augment
         if use_cache:
             # The head trains on features, not on this model: building MobileNetV2 and loading
-            # its weights (~1 s) overlaps reading the cache and training the head. The head's
-            # initial weights come from the seed alone (model.build_head), not from this model.
-            self._model_future = builder.submit(build_model, len(scan.class_names), config)
+            # its weights (~1 s of mostly Python) runs in a thread once the head's first epoch
+            # is done, while later epochs run in TensorFlow without the GIL (started earlier
+            # it would only slow the tracing of the head's functions). The head's initial
+            # weights come from the seed alone (model.build_head), not from this model.
+            classes = len(scan.class_names)
+            self._pending_build = lambda: builder.submit(build_model, classes, config)
         else:
             with self._timed("build"):
                 self._model = build_model(len(scan.class_names), config)
@@ -574,6 +579,11 @@ class _Run:
             phases = self.stats.setdefault("phases", {})
             phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - started
 
+    def _start_build(self) -> None:
+        """Start the deferred background build of the model, if there is one (idempotent)."""
+        if self._model is None and self._model_future is None and self._pending_build:
+            self._model_future = self._pending_build()
+
     def _check_stop(self) -> None:
         if self.callbacks.should_stop():
             raise TrainingCancelled("Training was cancelled.")
@@ -653,6 +663,7 @@ class _Bridge(keras.callbacks.Callback):
                 state, self.get_weights(), optimizer_state(self.model.optimizer)
             )
         self.run.callbacks.on_epoch(epoch + 1, dict(record))
+        self.run._start_build()
 
     def finish(self) -> None:
         """Restore the best epoch's weights when early stopping is on."""
