@@ -11,8 +11,9 @@ request; Keras model cached, ``model.predict``). For each: N client threads each
 p50/p99 latency, throughput and the resident memory of each web worker are printed.
 
 Without ``--version-dir`` a version is exported once into var/bench/ from MobileNetV2 with
-ImageNet weights (``KERAS_HOME``) and an untrained 5-class head: speed does not depend on
-what the head learned. Figures only; nothing here asserts on time.
+ImageNet weights (``KERAS_HOME``, default ``../shared/keras_home`` when present) and an
+untrained 5-class head: speed does not depend on what the head learned. Figures only;
+nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+# As in train_bench.py: the offline Keras cache beside the repository, when there is one
+# (inherited by the exporting and naive-server subprocesses).
+SHARED_KERAS_HOME = ROOT / ".." / "shared" / "keras_home"
+if "KERAS_HOME" not in os.environ and SHARED_KERAS_HOME.is_dir():
+    os.environ["KERAS_HOME"] = str(SHARED_KERAS_HOME.resolve())
 # A worker that has loaded a model is above this; a fresh one (Django only) is below.
 WARM_RSS_MB = 75
 LABELS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
