@@ -7,6 +7,7 @@ by conditional updates. Models carry small display helpers; no business logic.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -116,7 +117,21 @@ class Dataset(models.Model):
         return [(name, self.class_counts[name]) for name in self.class_names]
 
 
-class TrainingJob(models.Model):
+class _RunTimes:
+    """For rows with ``started_at``/``finished_at``: how long they ran (so far)."""
+
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if not self.started_at:
+            return None
+        end = self.finished_at or timezone.now()
+        return (end - self.started_at).total_seconds()
+
+
+class TrainingJob(_RunTimes, models.Model):
     """One training run: its config, live progress and outcome."""
 
     class Status(models.TextChoices):
@@ -188,13 +203,6 @@ class TrainingJob(models.Model):
     @property
     def percent(self) -> int:
         return round(self.progress * 100)
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if not self.started_at:
-            return None
-        end = self.finished_at or timezone.now()
-        return (end - self.started_at).total_seconds()
 
     @property
     def eta_text(self) -> str:
@@ -450,7 +458,7 @@ class Prediction(models.Model):
         ]
 
 
-class BatchClassification(models.Model):
+class BatchClassification(_RunTimes, models.Model):
     """Many photos (a zip or several files) classified in the background by one version.
 
     The uploaded input and the results (``results.csv``, ``results.json``) live under
@@ -533,10 +541,3 @@ class BatchClassification(models.Model):
     @property
     def has_results(self) -> bool:
         return self.status == self.Status.SUCCEEDED
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if not self.started_at:
-            return None
-        end = self.finished_at or timezone.now()
-        return (end - self.started_at).total_seconds()
