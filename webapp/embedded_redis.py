@@ -92,9 +92,17 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
+USAGE = (
+    "usage: python -m webapp.embedded_redis serve SOCKET_PATH\n"
+    "       python -m webapp.embedded_redis wait [SOCKET_PATH [TIMEOUT_SECONDS]]"
+)
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["wait"] and len(argv) <= 3:
+        return wait(argv[1:])
     if len(argv) != 2 or argv[0] != "serve":
-        print("usage: python -m webapp.embedded_redis serve SOCKET_PATH", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     socket_path = Path(argv[1])
     if is_up(socket_path):
@@ -110,6 +118,21 @@ def main(argv: list[str]) -> int:
     print(f"Embedded Redis listening on {socket_path}", flush=True)
     os.execv(redis_server_binary(), server_args(socket_path))
     return 0  # pragma: no cover - execv does not return
+
+
+def wait(args: list[str]) -> int:
+    """``make run`` starts the worker beside Redis: let it wait for Redis rather than log
+    connection errors while Redis starts. No (or an empty) socket path: nothing to wait for.
+    """
+    if not args or not args[0]:
+        return 0
+    timeout = float(args[1]) if len(args) > 1 else 30.0
+    try:
+        wait_until_up(Path(args[0]), timeout=timeout)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

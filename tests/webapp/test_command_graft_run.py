@@ -31,3 +31,18 @@ def test_it_takes_the_admin_credentials_from_the_environment(monkeypatch):
     call_command("graft_run", "--no-start", stdout=out)
     assert User.objects.get(username="root").check_password("s3cret-enough")
     assert "s3cret-enough" not in out.getvalue()
+
+
+def test_the_worker_waits_for_the_embedded_redis_before_it_connects(tmp_path, broker, settings):
+    from pathlib import Path
+
+    from webapp import embedded_redis
+
+    procfile = (Path(settings.BASE_DIR) / "Procfile").read_text()
+    worker = next(line for line in procfile.splitlines() if line.startswith("worker:"))
+    assert 'embedded_redis wait "$GRAFT_WAIT_FOR_REDIS" && exec' in worker
+
+    assert embedded_redis.main(["wait", ""]) == 0  # a Redis of your own: nothing to wait for
+    assert embedded_redis.main(["wait", str(tmp_path / "nobody.sock"), "0.2"]) == 1
+    if settings.USES_EMBEDDED_REDIS:
+        assert embedded_redis.main(["wait", str(settings.EMBEDDED_REDIS_SOCKET), "5"]) == 0

@@ -44,6 +44,9 @@ class Command(BaseCommand):
             "GRAFT_HOST": host,
             "GRAFT_PORT": str(settings.GRAFT_PORT),
             "GRAFT_REDIS_SOCKET": str(settings.EMBEDDED_REDIS_SOCKET),
+            "GRAFT_WAIT_FOR_REDIS": (
+                str(settings.EMBEDDED_REDIS_SOCKET) if settings.USES_EMBEDDED_REDIS else ""
+            ),
             "GRAFT_BEAT_SCHEDULE": str(settings.VAR_DIR / "celerybeat-schedule"),
             "PYTHONUNBUFFERED": "1",
         }
