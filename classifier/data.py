@@ -154,15 +154,10 @@ def scan_dataset(
     candidates.sort()
 
     cache = _HashCache(Path(hash_cache)) if hash_cache is not None else None
-
-    def inspect(item: Item) -> tuple[int, str, str | None]:
-        if cache is None:
-            return _inspect(root, item[0], check_images)
-        return cache.inspect(root, item[0], check_images)
-
+    inspect = cache.inspect if cache is not None else _inspect
     workers = min(8, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(inspect, candidates))
+        results = list(pool.map(lambda item: inspect(root, item[0], check_images), candidates))
     if cache is not None:
         cache.save()
 

@@ -17,8 +17,6 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -53,7 +51,7 @@ def export_version(
     metrics: dict[str, Any],
     history: list[dict[str, Any]],
     dataset: dict[str, Any],
-    tflite: bytes | Callable[[], bytes | None] | None = None,
+    tflite: bytes | None = None,
 ) -> Path:
     """Write a complete model version directory at ``out_dir`` atomically and return it.
 
@@ -68,10 +66,9 @@ def export_version(
         class_names: one name per output, in output order.
         config, metrics, history, dataset: repeated in ``metadata.json`` (``dataset`` should
             carry the fingerprint, class counts and the file list trained on).
-        tflite: a flatbuffer already made for ``model`` (``graft_tflite``), or a function
-            returning one (or None), called while ``model.keras`` is being written; the
-            whole model is converted when there is none. Either way it must agree with
-            Keras before the version is put in place.
+        tflite: a flatbuffer already made for ``model`` (``graft_tflite``); the whole
+            model is converted when there is none. Either way it must agree with Keras
+            before the version is put in place.
 
     Raises:
         FileExistsError: ``out_dir`` already exists.
@@ -90,17 +87,8 @@ def export_version(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        if callable(tflite):
-            # Grafting never touches ``model``, so it runs while model.keras is written
-            # (h5py and zlib release the GIL): ~0.5 s off a job that hit the feature cache.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-save") as pool:
-                saving = pool.submit(_save_keras, model, tmp / MODEL_KERAS)
-                try:
-                    tflite = tflite()
-                finally:
-                    saving.result()
-        else:
-            _save_keras(model, tmp / MODEL_KERAS)
+        model.save(tmp / MODEL_KERAS)
+        _fsync_file(tmp / MODEL_KERAS)
         origin = "grafted onto the cached trunk" if tflite is not None else "whole model converted"
         if tflite is None:
             tflite = convert_to_tflite(model)
@@ -136,11 +124,6 @@ def export_version(
         raise
     _fsync_dir(out_dir.parent)
     return out_dir
-
-
-def _save_keras(model: keras.Model, path: Path) -> None:
-    model.save(path)
-    _fsync_file(path)
 
 
 def library_versions() -> dict[str, str]:

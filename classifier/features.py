@@ -141,15 +141,19 @@ def extract_features(
 
 def cached_trunk_tflite(cache_dir: str | Path, key: str) -> Path | None:
     """The trunk's LiteRT conversion for cache ``key`` if one is on disk, else None."""
-    path = Path(cache_dir) / "trunks" / f"{key}.tflite"
+    path = _trunk_path(cache_dir, key)
     return path if path.is_file() else None
+
+
+def _trunk_path(cache_dir: str | Path, key: str) -> Path:
+    return Path(cache_dir) / "trunks" / f"{key}.tflite"
 
 
 def trunk_tflite(
     config: TrainConfig, cache_dir: Path, key: str, trunk_factory: Callable[[], keras.Model]
 ) -> Path | None:
     """The trunk converted for LiteRT, cached under ``trunks/<key>.tflite``; None on failure."""
-    path = cache_dir / "trunks" / f"{key}.tflite"
+    path = _trunk_path(cache_dir, key)
     if path.is_file():
         return path
     try:

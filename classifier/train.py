@@ -182,6 +182,7 @@ class _Run:
         self._model_future: Future[keras.Model] | None = None
         self._pending_build: Callable[[], Future[keras.Model]] | None = None
         self._resumed_head: list[np.ndarray] | None = None
+        self.use_cache = False
         self._resumed_optimizer: tuple[str | None, list[np.ndarray] | None] = (None, None)
         self.features: dict[str, np.ndarray] = {}
 
@@ -216,7 +217,7 @@ class _Run:
         with self._timed("scan"):
             scan = self._scan()
             train_items, val_items = split_dataset(scan, config.validation_split, config.seed)
-        use_cache = config.use_feature_cache and not config.augment
+        use_cache = self.use_cache = config.use_feature_cache and not config.augment
         if use_cache:
             # The head trains on features, not on this model: building MobileNetV2 and loading
             # its weights (~1 s of mostly Python) runs in a thread once the head's first epoch
@@ -476,7 +477,7 @@ class _Run:
             metrics=metrics,
             history=self.history,
             dataset=dataset,
-            tflite=self._grafted_tflite if grafted else None,
+            tflite=self._grafted_tflite() if grafted else None,
         )
 
     def _grafted_tflite(self) -> bytes | None:
@@ -522,7 +523,7 @@ class _Run:
             return fresh
         weights = state.pop("weights")
         self._resumed_optimizer = (state["kind"], state.pop("optimizer", None))
-        if state["kind"] == "head" and self._model is None:
+        if state["kind"] == "head" and self.use_cache:
             self._resumed_head = weights  # the head trains on features: it takes them there
         else:
             _set_weights(self.model, self.config, state["kind"], weights)
