@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CLASSIFY = """
@@ -68,3 +70,51 @@ def test_it_classifies_through_the_web_stack_without_importing_tensorflow(
     assert result["status"] == 200, result["body"]
     assert result["body"]["version"] == 1
     assert result["heavy"] == []
+
+
+WSGI = """
+import json, os, sys
+os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
+from webapp.wsgi import application
+from django.conf import settings
+import rest_framework.compat
+import webapp.urls
+print(json.dumps({
+    "engine": settings.DATABASES["default"]["ENGINE"],
+    "psycopg_loaded": sys.modules.get("psycopg") is not None,
+    "contrib_postgres": "django.contrib.postgres.fields" in sys.modules,
+}))
+"""
+
+
+def _wsgi_process(tmp_path, database_url: str) -> dict:
+    env = {
+        **os.environ,
+        "GRAFT_VAR_DIR": str(tmp_path / "var"),
+        "GRAFT_DATA_DIR": str(tmp_path / "data"),
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "test",
+    }
+    (tmp_path / "var").mkdir(exist_ok=True)
+    out = subprocess.run(
+        [sys.executable, "-c", WSGI], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_web_process_on_sqlite_does_not_load_the_postgres_driver(tmp_path):
+    result = _wsgi_process(tmp_path, f"sqlite:///{tmp_path / 'var' / 'graft.sqlite3'}")
+
+    assert result["engine"] == "django.db.backends.sqlite3"
+    assert result["psycopg_loaded"] is False
+    assert result["contrib_postgres"] is False
+
+
+def test_the_web_process_on_postgres_keeps_the_driver(tmp_path):
+    pytest.importorskip("psycopg", reason="psycopg is not installed")
+    # Nothing connects at import time: the URL only selects the engine.
+    result = _wsgi_process(tmp_path, "postgres://nobody@127.0.0.1:1/none")
+
+    assert result["engine"] == "django.db.backends.postgresql"
+    assert result["psycopg_loaded"] is True
