@@ -18,6 +18,12 @@ from webapp.models import (
 )
 
 
+def running_training_attempts() -> set[tuple[int, int]]:
+    """``(job id, attempt)`` of every running training job: whose staged exports are live."""
+    rows = TrainingJob.objects.filter(status=TrainingJob.Status.RUNNING)
+    return set(rows.values_list("pk", "attempts"))
+
+
 def project_list() -> QuerySet[Project]:
     return Project.objects.annotate(
         dataset_count=Count("datasets", distinct=True),

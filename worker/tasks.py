@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
@@ -21,12 +22,13 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 
-from webapp import services
+from webapp import selectors, services
 
 log = logging.getLogger(__name__)
 
 # An export writes its temporary folder within a minute or two; one an hour old is orphaned.
 STALE_EXPORT_SECONDS = 3600
+STAGED_NAME = re.compile(r"job-(\d+)-(\d+)")
 
 
 @shared_task(name="worker.tasks.ping")
@@ -170,7 +172,10 @@ def train_job(self: Any, job_id: int) -> str:
     heartbeat = _Heartbeat(job_id, interval=max(1.0, settings.GRAFT_HEARTBEAT_TIMEOUT / 6))
     heartbeat.start()
     staged = _staging_dir(job_id, job.attempts)
-    shutil.rmtree(staged, ignore_errors=True)
+    # This attempt's folder, and those of earlier attempts killed after their export (they
+    # never reached training_job_succeed): nothing will move them into place now.
+    for leftover in _staging_root().glob(f"job-{job_id}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     staged.parent.mkdir(parents=True, exist_ok=True)
     checkpoints = _checkpoint_dir(job_id)
     try:
@@ -236,18 +241,42 @@ def classify_batch(batch_id: int) -> str:
 
 @shared_task(name="worker.tasks.remove_stale_exports")
 def remove_stale_exports() -> list[str]:
-    """Delete the export temporaries that killed training children left in the staging folder.
+    """Delete what killed training children left in the staging folder.
 
     A SIGKILLed child (out of memory, hard time limit) leaves its ``.job-N-A.tmp-*``
-    folder, tens of MB, behind for good. Run hourly from beat rather than from the
-    reconcile: this task imports ``classifier.export``, and so TensorFlow, a few seconds.
+    export temporary, tens of MB, behind for good; one killed between its export and
+    ``training_job_succeed`` leaves a whole staged version ``job-N-A`` that no attempt will
+    move into place (a retry of the job removes it when it starts; a job that is not
+    retried never would). Both are removed once untouched for ``STALE_EXPORT_SECONDS``;
+    the staged folder of a running job's current attempt is always kept. Run hourly from
+    beat rather than from the reconcile: this task imports ``classifier.export``, and so
+    TensorFlow, a few seconds.
     """
     from classifier.export import remove_stale_temporaries
 
     removed = remove_stale_temporaries(_staging_root(), STALE_EXPORT_SECONDS)
+    removed += _remove_orphaned_staged_versions()
     for path in removed:
         log.info("Removed the stale export folder %s", path)
     return [str(path) for path in removed]
+
+
+def _remove_orphaned_staged_versions() -> list[Path]:
+    running = selectors.running_training_attempts()
+    cutoff = time.time() - STALE_EXPORT_SECONDS
+    removed = []
+    for folder in _staging_root().glob("job-*-*"):
+        match = STAGED_NAME.fullmatch(folder.name)
+        if match is None or (int(match[1]), int(match[2])) in running:
+            continue
+        try:
+            if folder.is_symlink() or folder.stat().st_mtime > cutoff:
+                continue
+            shutil.rmtree(folder)
+        except FileNotFoundError:  # moved into place or removed meanwhile
+            continue
+        removed.append(folder)
+    return removed
 
 
 @shared_task(name="worker.tasks.prune_predictions")

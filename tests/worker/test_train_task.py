@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -16,6 +17,10 @@ from webapp.models import EpochRecord, ModelVersion, TrainingJob
 from worker.tasks import train_job
 
 pytestmark = pytest.mark.slow
+
+
+def staging_root() -> Path:
+    return Path(settings.GRAFT_DATA_DIR) / "models" / ".staging"
 
 
 def create(project, dataset, config=TINY, **kwargs) -> TrainingJob:
@@ -44,11 +49,7 @@ def test_it_trains_a_job_into_an_active_first_version(project, dataset, start_wo
     assert job.progress == 1.0
     assert job.dataset_fingerprint == dataset.fingerprint
     assert len(job.train_files) + len(job.val_files) == 24
-    assert (
-        not list((version.path.parent / ".staging").glob("*"))
-        if (version.path.parent / ".staging").exists()
-        else True
-    )
+    assert list(staging_root().iterdir()) == []  # the staged export was moved into place
 
 
 def test_it_trains_once_when_the_same_message_arrives_twice(project, dataset, start_worker):
@@ -100,10 +101,16 @@ def test_it_resumes_a_job_whose_worker_was_killed(project, dataset, start_worker
         return bool(services.training_jobs_reconcile()["requeued"])
 
     wait_for(requeued, 60, "the reconcile to requeue the lost job")
+    # As if the kill had come after the first attempt's export: its staged version, which
+    # nothing would move into place, must not outlive the retry.
+    leftover = staging_root() / f"job-{job.pk}-1"
+    leftover.mkdir(parents=True)
+    (leftover / "model.tflite").write_bytes(b"tflite")
     start_worker(queues="training", GRAFT_HEARTBEAT_TIMEOUT=5)
     wait_for_status(job, "succeeded", "failed")
     assert job.status == "succeeded", job.error
     assert job.attempts == 2
+    assert list(staging_root().iterdir()) == []
     assert done_before >= 2
     assert list(EpochRecord.objects.filter(job=job).values_list("epoch", flat=True)) == list(
         range(1, 13)
