@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from webapp import services
 from webapp.models import (
     ActivationEvent,
+    BatchClassification,
     Dataset,
     EpochRecord,
     ModelVersion,
@@ -170,3 +171,62 @@ class PredictionAdmin(admin.ModelAdmin):
         "user",
         "created_at",
     ]
+
+
+@admin.register(BatchClassification)
+class BatchClassificationAdmin(admin.ModelAdmin):
+    """Batches come from uploads, so none is added here; deleting one goes through
+    ``services.batch_delete`` (finished batches only, and their folders go too)."""
+
+    list_display = [
+        "id",
+        "project",
+        "version_number",
+        "status",
+        "total",
+        "done",
+        "failed",
+        "attempts",
+        "created_by",
+        "created_at",
+    ]
+    list_filter = ["status", "project"]
+    list_select_related = ["project", "created_by"]
+    search_fields = ["id", "project__name", "created_by__username", "celery_task_id", "error"]
+    date_hierarchy = "created_at"
+    readonly_fields = [
+        "project",
+        "version",
+        "version_number",
+        "status",
+        "cancel_requested",
+        "directory",
+        "total",
+        "done",
+        "failed",
+        "error",
+        "heartbeat_at",
+        "attempts",
+        "celery_task_id",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: BatchClassification | None = None
+    ) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or obj.is_finished)
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would skip the service (and the folders)
+        return actions
+
+    def delete_model(self, request: HttpRequest, obj: BatchClassification) -> None:
+        services.batch_delete(batch=obj, user=request.user)

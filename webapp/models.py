@@ -9,12 +9,16 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
 
 class Project(models.Model):
@@ -470,8 +474,9 @@ class BatchClassification(_RunTimes, models.Model):
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
-    FINISHED = (Status.SUCCEEDED, Status.FAILED)
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="batches")
     version = models.ForeignKey(
@@ -486,6 +491,9 @@ class BatchClassification(_RunTimes, models.Model):
     done = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(
+        default=False, help_text="Stop before the next chunk of photos (set while it runs)."
+    )
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last progress of the running attempt."
     )
@@ -532,12 +540,38 @@ class BatchClassification(_RunTimes, models.Model):
 
     @property
     def status_badge(self) -> str:
-        return {"succeeded": "ok", "failed": "bad"}.get(self.status, "busy")
+        return {"succeeded": "ok", "failed": "bad", "cancelled": "muted"}.get(self.status, "busy")
 
     @property
     def version_label(self) -> str:
         return f"v{self.version_number}" if self.version_number else ""
 
     @property
+    def can_cancel(self) -> bool:
+        return self.is_active and not self.cancel_requested
+
+    @property
+    def can_delete(self) -> bool:
+        return self.is_finished
+
+    def may_be_changed_by(self, user: AbstractBaseUser | AnonymousUser | None) -> bool:
+        """Who may cancel or delete it: whoever started it, or anyone who may train models."""
+        if user is None or not user.is_authenticated:
+            return False
+        return user.pk == self.created_by_id or user.has_perm("webapp.train_models")
+
+    @property
     def has_results(self) -> bool:
-        return self.status == self.Status.SUCCEEDED
+        """Results to show and download: all of them, or those of a cancelled batch's
+        photos classified before it stopped (see ``results_are_partial``)."""
+        if self.status == self.Status.SUCCEEDED:
+            return True
+        return self.results_are_partial
+
+    @property
+    def results_are_partial(self) -> bool:
+        return (
+            self.status == self.Status.CANCELLED
+            and self.done > 0
+            and (self.path / "results.csv").is_file()
+        )

@@ -150,8 +150,9 @@ def batch_label_counts(*, batch: BatchClassification) -> list[dict[str, Any]]:
 def batch_results(
     *, batch: BatchClassification, rows: int = 100, errors: int = 1000
 ) -> dict[str, list[dict[str, str]]]:
-    """The first ``rows`` rows of a succeeded batch's ``results.csv`` and up to ``errors``
-    of its refused files (file, error); empty lists before it succeeded."""
+    """The first ``rows`` rows of a batch's ``results.csv`` and up to ``errors`` of its
+    refused files (file, error): all of a succeeded batch's, the partial ones of a batch
+    cancelled while it ran; empty lists otherwise."""
     out: dict[str, list[dict[str, str]]] = {"rows": [], "errors": []}
     path = batch.path / "results.csv"
     if not batch.has_results or not path.is_file():

@@ -24,12 +24,12 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import F, Max, Q, QuerySet
+from django.db.models import Case, F, Max, Q, QuerySet, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -57,6 +57,11 @@ class QueueUnavailable(Exception):
 
 class NoActiveVersion(Exception):
     """The project has no active model version to classify with."""
+
+
+class WrongStatus(Exception):
+    """The row's status does not allow the action (cancel a finished batch, delete a running
+    one); the message says what it is instead."""
 
 
 def project_create(
@@ -789,9 +794,10 @@ def _requeue_or_fail(
 ) -> None:
     """Queue a stale running row again (enqueued on commit) while it has attempts left,
     else fail it; ``requeued``/``failed`` are the extra fields each writes. Both updates
-    are conditional on the row still being stale, so a worker that speaks up meanwhile wins.
+    are conditional on the row still being stale and not asked to stop, so a worker that
+    speaks up meanwhile wins, and a cancel asked meanwhile is left for the next reconcile.
     """
-    still_stale = _stale_running(model, stale_before).filter(pk=row.pk)
+    still_stale = _stale_running(model, stale_before).filter(pk=row.pk, cancel_requested=False)
     if row.attempts < row.max_attempts:
         if still_stale.update(status=model.Status.QUEUED, **requeued):
             report["requeued"].append(row.pk)
@@ -1005,8 +1011,9 @@ def predictions_prune(*, now: datetime | None = None) -> dict[str, int]:
         )
     )
     for batch in batches:
+        batch_id = batch.pk
         batch.delete()
-        shutil.rmtree(batch.path, ignore_errors=True)
+        _batch_folder_remove(batch_id, batch.directory)
     return {"predictions": deleted, "batches": len(batches)}
 
 
@@ -1084,12 +1091,12 @@ def batch_claim(*, batch_id: int) -> BatchClassification | None:
 
     Each claim is a new attempt that starts from the first photo: the counters go back to
     zero and whatever an earlier, lost attempt logged is removed, so no photo is counted or
-    logged twice.
+    logged twice. A cancelled batch is never claimed (its message may still arrive).
     """
     now = timezone.now()
     with transaction.atomic():
         claimed = BatchClassification.objects.filter(
-            pk=batch_id, status=BatchClassification.Status.QUEUED
+            pk=batch_id, status=BatchClassification.Status.QUEUED, cancel_requested=False
         ).update(
             status=BatchClassification.Status.RUNNING,
             attempts=F("attempts") + 1,
@@ -1119,19 +1126,25 @@ def batch_run(*, batch_id: int) -> BatchClassification | None:
     an ``error`` for files that are not readable photos), logs every answer as a
     ``Prediction`` (source "batch", hash only) and updates ``done``/``failed`` and the
     heartbeat per chunk. An attempt that finds it lost its claim (it was silent for longer
-    than ``GRAFT_HEARTBEAT_TIMEOUT`` and was requeued) stops without writing more.
+    than ``GRAFT_HEARTBEAT_TIMEOUT`` and was requeued) stops without writing more. Before
+    each chunk it checks for a cancel (:func:`batch_cancel`); asked to stop, it keeps the
+    results of the chunks done so far and marks the batch cancelled.
     """
     from classifier.serving import Predictor
 
     batch = batch_claim(batch_id=batch_id)
     if batch is None:
         return None
+    stopped = False
     try:
         if batch.version is None:
             raise ClassifierError("The version this batch was started with has been deleted.")
         predictor = Predictor.load(batch.version.path)
         with _BatchResults(batch) as results:
             for chunk in _chunks(_batch_inputs(batch.path), BATCH_CHUNK):
+                if _batch_running(batch).filter(cancel_requested=True).exists():
+                    stopped = True
+                    break
                 _classify_chunk(batch, predictor, chunk, results)
     except _ClaimLost:
         log.warning(
@@ -1144,9 +1157,125 @@ def batch_run(*, batch_id: int) -> BatchClassification | None:
         log.exception("Batch %s failed", batch_id)
         _batch_finish(batch, BatchClassification.Status.FAILED, f"Unexpected error: {exc}")
     else:
-        _batch_finish(batch, BatchClassification.Status.SUCCEEDED)
+        if stopped:
+            log.info("Batch %s: stopped on request", batch_id)
+            _batch_finish(batch, BatchClassification.Status.CANCELLED, "Cancelled while running.")
+        else:
+            _batch_finish(batch, BatchClassification.Status.SUCCEEDED)
     batch.refresh_from_db()
     return batch
+
+
+def batch_cancel(
+    *, batch: BatchClassification, user: AbstractBaseUser | None
+) -> BatchClassification:
+    """Cancel a queued batch at once; ask a running one to stop before its next chunk.
+
+    A running batch keeps what it classified before it stopped: those rows stay in its
+    results (partial, and downloadable) and in the prediction log. A queued batch's message
+    is left in the broker, as a training job's is: the claim finds the batch cancelled and
+    does nothing with it. ``user`` None is the system (a command), which may cancel any.
+
+    Raises:
+        PermissionDenied: ``user`` neither started the batch nor may train models.
+        WrongStatus: the batch has already finished (succeeded, failed or cancelled).
+    """
+    _batch_check_user(batch, user, "cancel")
+    # One statement, so a claim or a requeue cannot slip in between "it was queued" and
+    # "it is cancelled"; status is set last, as some databases assign left to right.
+    changed = BatchClassification.objects.filter(
+        pk=batch.pk,
+        status__in=[BatchClassification.Status.QUEUED, BatchClassification.Status.RUNNING],
+    ).update(
+        cancel_requested=True,
+        finished_at=_if_queued("finished_at", timezone.now()),
+        error=_if_queued("error", "Cancelled before it started."),
+        status=_if_queued("status", BatchClassification.Status.CANCELLED),
+    )
+    batch.refresh_from_db()
+    if not changed:
+        raise WrongStatus(
+            f"Batch #{batch.pk} has already {batch.get_status_display().lower()}; "
+            "there is nothing to cancel."
+        )
+    log.info(
+        "Batch %s: %s by %s",
+        batch.pk,
+        "cancelled" if batch.is_finished else "asked to stop",
+        _username(user),
+    )
+    return batch
+
+
+def _if_queued(field: str, value: Any) -> Case:
+    """In an update of batches: ``value`` for a queued one, ``field`` unchanged otherwise."""
+    return Case(
+        When(status=BatchClassification.Status.QUEUED, then=Value(value)),
+        default=F(field),
+        output_field=BatchClassification._meta.get_field(field),
+    )
+
+
+def batch_delete(*, batch: BatchClassification, user: AbstractBaseUser | None) -> None:
+    """Delete a finished batch: its row, then its folder (the uploaded photos, the results).
+
+    The predictions it logged stay in the prediction log, which its retention governs, with
+    their link to the batch cleared. The row goes in a transaction and the folder only after
+    it commits, so a folder that cannot be removed costs nothing else (it is logged, to
+    remove by hand); a folder already gone is fine. ``user`` None is the system.
+
+    Raises:
+        PermissionDenied: ``user`` neither started the batch nor may train models.
+        WrongStatus: the batch is queued or running (cancel it first).
+    """
+    _batch_check_user(batch, user, "delete")
+    with transaction.atomic():
+        deleted, _ = BatchClassification.objects.filter(
+            pk=batch.pk, status__in=BatchClassification.FINISHED
+        ).delete()
+        if not deleted:
+            current = BatchClassification.objects.filter(pk=batch.pk).first()
+            if current is None:
+                return  # deleted meanwhile, by someone else
+            raise WrongStatus(
+                f"Batch #{batch.pk} is {current.get_status_display().lower()}; cancel it "
+                "first, then delete it once it has stopped."
+            )
+        transaction.on_commit(partial(_batch_folder_remove, batch.pk, batch.directory))
+    log.info("Batch %s: deleted by %s", batch.pk, _username(user))
+
+
+def _batch_check_user(
+    batch: BatchClassification, user: AbstractBaseUser | None, action: str
+) -> None:
+    if user is not None and not batch.may_be_changed_by(user):
+        raise PermissionDenied(
+            f"Only the person who started batch #{batch.pk}, or someone who may train models, "
+            f"may {action} it."
+        )
+
+
+def _username(user: AbstractBaseUser | None) -> str:
+    return user.get_username() if user is not None else "the system"
+
+
+def _batch_folder_remove(batch_id: int, directory: str) -> None:
+    """Remove a deleted batch's folder under ``GRAFT_DATA_DIR`` (never the data root)."""
+    root = Path(settings.GRAFT_DATA_DIR).resolve()
+    folder = (root / directory).resolve()
+    if folder == root or not folder.is_relative_to(root):
+        return
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        log.warning(
+            "Batch %s is deleted, but its folder %s could not be removed; remove it by hand.",
+            batch_id,
+            folder,
+            exc_info=True,
+        )
 
 
 def _is_zip_upload(upload: UploadedFile) -> bool:
@@ -1431,12 +1560,22 @@ def batches_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
     heartbeat: a batch running without progress for ``GRAFT_HEARTBEAT_TIMEOUT`` is queued
     again and re-enqueued (it starts over) while attempts remain, else failed with a
     message saying so; a batch queued for longer than that whose message is not in the
-    broker is re-enqueued. Claims are conditional, so a duplicate message does nothing.
+    broker is re-enqueued. A running batch asked to stop whose worker went silent is
+    cancelled, not retried; cancelled and other finished batches are left alone. Claims are
+    conditional, so a duplicate message does nothing.
     """
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT)
     report = _reconcile_report()
     for batch in _stale_running(BatchClassification, stale_before):
+        if batch.cancel_requested:
+            _stale_running(BatchClassification, stale_before).filter(pk=batch.pk).update(
+                status=BatchClassification.Status.CANCELLED,
+                finished_at=now,
+                error="Cancelled; its worker stopped before it could finish, so it has no "
+                "results to download.",
+            )
+            continue
         last = batch.heartbeat_at or batch.started_at or now
         _requeue_or_fail(
             BatchClassification,
@@ -1459,7 +1598,9 @@ def batches_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
             },
         )
     waiting = BatchClassification.objects.filter(
-        status=BatchClassification.Status.QUEUED, created_at__lt=stale_before
+        status=BatchClassification.Status.QUEUED,
+        cancel_requested=False,
+        created_at__lt=stale_before,
     ).exclude(pk__in=report["requeued"])
     _reenqueue_lost(waiting, queue="default", enqueue=_enqueue_batch, report=report)
     return report

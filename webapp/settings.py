@@ -312,6 +312,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Train, version and serve transfer-learning image classifiers.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Training jobs and batches share one set of statuses (queued ... cancelled).
+    "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "webapp.models.BatchClassification.Status"},
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

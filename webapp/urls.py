@@ -84,6 +84,8 @@ urlpatterns = [
     path("projects/<slug:slug>/batches/", batches.project_batch_list, name="project_batch_list"),
     path("batches/<int:pk>/", batches.batch_detail, name="batch_detail"),
     path("batches/<int:pk>/live/", batches.batch_live, name="batch_live"),
+    path("batches/<int:pk>/cancel/", batches.batch_cancel, name="batch_cancel"),
+    path("batches/<int:pk>/delete/", batches.batch_delete, name="batch_delete"),
     # Classify
     path("classify/", classify.classify, name="classify"),
     path("classify/photos/", classify.classify_photos, name="classify_photos"),

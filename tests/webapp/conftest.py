@@ -36,6 +36,12 @@ def viewer(db) -> User:
     return _user("victor")
 
 
+@pytest.fixture
+def outsider(db) -> User:
+    """Logged in and without permissions, like ``viewer``, but another person."""
+    return _user("oscar")
+
+
 def _client_for(user: User) -> Client:
     client = Client()
     client.force_login(user)
@@ -60,6 +66,11 @@ def manager_client(manager) -> Client:
 @pytest.fixture
 def viewer_client(viewer) -> Client:
     return _client_for(viewer)
+
+
+@pytest.fixture
+def outsider_client(outsider) -> Client:
+    return _client_for(outsider)
 
 
 # --- Serving and API (issue 6): tiny exported versions, served projects, token clients ---
@@ -133,6 +144,11 @@ def token_client(user: User):
 @pytest.fixture
 def viewer_api(viewer):
     return token_client(viewer)
+
+
+@pytest.fixture
+def outsider_api(outsider):
+    return token_client(outsider)
 
 
 @pytest.fixture

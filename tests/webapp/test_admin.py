@@ -4,18 +4,39 @@ import pytest
 from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
-from webapp.models import ActivationEvent, ModelVersion
+from webapp.models import ActivationEvent, BatchClassification, ModelVersion
 
-MODELS = ["project", "dataset", "trainingjob", "modelversion", "activationevent", "prediction"]
+MODELS = [
+    "project",
+    "dataset",
+    "trainingjob",
+    "modelversion",
+    "activationevent",
+    "prediction",
+    "batchclassification",
+]
 
 
 @pytest.fixture
-def rows(db):
+def rows(db, data_dir):
     project = make_project()
     dataset = make_dataset(project)
     job = make_job(project, dataset)
     version = make_version(project, 1, job=job, dataset=dataset)
-    return {"project": project, "dataset": dataset, "trainingjob": job, "modelversion": version}
+    batch = BatchClassification.objects.create(
+        project=project, version=version, version_number=1, status="succeeded", total=2, done=2
+    )
+    batch.directory = f"batches/{batch.pk}"
+    batch.save(update_fields=["directory"])
+    batch.path.mkdir(parents=True)
+    (batch.path / "results.csv").write_text("file,label,confidence,top,error\n")
+    return {
+        "project": project,
+        "dataset": dataset,
+        "trainingjob": job,
+        "modelversion": version,
+        "batchclassification": batch,
+    }
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -24,7 +45,9 @@ def test_it_lists_every_model_for_staff(admin_client, rows, model):
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("model", ["project", "dataset", "trainingjob", "modelversion"])
+@pytest.mark.parametrize(
+    "model", ["project", "dataset", "trainingjob", "modelversion", "batchclassification"]
+)
 def test_it_opens_the_change_page(admin_client, rows, model):
     url = reverse(f"admin:webapp_{model}_change", args=[rows[model].pk])
     assert admin_client.get(url).status_code == 200
@@ -45,3 +68,52 @@ def test_it_activates_a_version_from_the_admin_action(admin_client, rows):
     assert response.status_code == 302
     assert ModelVersion.objects.get(pk=rows["modelversion"].pk).is_active
     assert ActivationEvent.objects.filter(version=rows["modelversion"]).exists()
+
+
+def test_it_lists_batches_with_their_counts_and_filters(admin_client, rows):
+    response = admin_client.get(
+        reverse("admin:webapp_batchclassification_changelist"), {"status__exact": "succeeded"}
+    )
+
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert 'class="field-status">Succeeded' in content
+    assert 'class="field-total">2' in content
+    assert "By status" in content and "Cancelled" in content
+
+
+def test_it_keeps_what_the_worker_writes_read_only(admin_client, rows):
+    batch = rows["batchclassification"]
+    url = reverse("admin:webapp_batchclassification_change", args=[batch.pk])
+
+    response = admin_client.post(url, {"status": "queued", "done": 0, "max_attempts": 5})
+
+    assert response.status_code == 302
+    batch.refresh_from_db()
+    assert (batch.status, batch.done, batch.max_attempts) == ("succeeded", 2, 5)
+    add = admin_client.get(reverse("admin:webapp_batchclassification_add"))
+    assert add.status_code == 403
+
+
+def test_it_deletes_a_finished_batch_with_its_folder(
+    admin_client, rows, django_capture_on_commit_callbacks
+):
+    batch = rows["batchclassification"]
+    url = reverse("admin:webapp_batchclassification_delete", args=[batch.pk])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not BatchClassification.objects.filter(pk=batch.pk).exists()
+    assert not batch.path.exists()
+
+
+def test_it_offers_no_delete_for_a_running_batch(admin_client, rows):
+    batch = rows["batchclassification"]
+    BatchClassification.objects.filter(pk=batch.pk).update(status="running")
+    url = reverse("admin:webapp_batchclassification_delete", args=[batch.pk])
+
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert BatchClassification.objects.filter(pk=batch.pk).exists()
+    assert batch.path.exists()

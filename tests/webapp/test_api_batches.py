@@ -149,6 +149,121 @@ def test_it_classifies_a_batch_on_a_real_worker(served_project, viewer_api, star
     assert "red/one.jpg" in _download(viewer_api, batch_id, "csv")
 
 
+# --- Cancelling and deleting -----------------------------------------------------------------
+
+
+def _upload(client) -> int:
+    return client.post(URL, {"files": SimpleUploadedFile("a.jpg", jpeg())}).json()["id"]
+
+
+def test_it_cancels_a_queued_batch(served_project, viewer_api):
+    batch_id = _upload(viewer_api)
+
+    response = viewer_api.post(f"/api/v1/batches/{batch_id}/cancel")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["cancel_requested"]) == ("cancelled", True)
+    assert body["error"] == "Cancelled before it started."
+    assert body["results_csv"] is None
+    results = viewer_api.get(f"/api/v1/batches/{batch_id}/results.csv")
+    assert results.status_code == 409
+    assert "cancelled before it classified any photo" in results.json()["detail"]
+
+
+def test_it_asks_a_running_batch_to_stop(served_project, viewer_api):
+    batch_id = _upload(viewer_api)
+    services.batch_claim(batch_id=batch_id)
+
+    body = viewer_api.post(f"/api/v1/batches/{batch_id}/cancel").json()
+
+    assert (body["status"], body["cancel_requested"]) == ("running", True)
+
+
+def test_it_answers_409_to_cancelling_a_finished_batch(served_project, viewer_api):
+    batch_id = _upload(viewer_api)
+    services.batch_run(batch_id=batch_id)
+
+    response = viewer_api.post(f"/api/v1/batches/{batch_id}/cancel")
+
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": f"Batch #{batch_id} has already succeeded; there is nothing to cancel.",
+        "code": "wrong_status",
+    }
+
+
+def test_it_deletes_a_finished_batch_and_keeps_its_predictions(
+    served_project, viewer_api, django_capture_on_commit_callbacks
+):
+    batch_id = _upload(viewer_api)
+    batch = services.batch_run(batch_id=batch_id)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = viewer_api.delete(f"/api/v1/batches/{batch_id}")
+
+    assert response.status_code == 204
+    assert viewer_api.get(f"/api/v1/batches/{batch_id}").status_code == 404
+    assert not batch.path.exists()
+    assert Prediction.objects.filter(batch__isnull=True).count() == 1
+
+
+def test_it_answers_409_to_deleting_a_batch_that_has_not_finished(served_project, viewer_api):
+    batch_id = _upload(viewer_api)
+
+    response = viewer_api.delete(f"/api/v1/batches/{batch_id}")
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "wrong_status"
+    assert "is queued; cancel it first" in response.json()["detail"]
+    assert BatchClassification.objects.filter(pk=batch_id).exists()
+
+
+def test_it_lets_a_trainer_cancel_and_delete_someone_elses_batch(
+    served_project, viewer_api, trainer_api
+):
+    batch_id = _upload(viewer_api)
+
+    assert trainer_api.post(f"/api/v1/batches/{batch_id}/cancel").status_code == 200
+    assert trainer_api.delete(f"/api/v1/batches/{batch_id}").status_code == 204
+
+
+def test_it_answers_403_to_another_user_without_the_permission(
+    served_project, viewer_api, outsider_api
+):
+    batch_id = _upload(viewer_api)
+
+    cancel = outsider_api.post(f"/api/v1/batches/{batch_id}/cancel")
+    BatchClassification.objects.filter(pk=batch_id).update(status="failed")
+    delete = outsider_api.delete(f"/api/v1/batches/{batch_id}")
+
+    for response in (cancel, delete):
+        assert response.status_code == 403
+        assert response.json()["code"] == "permission_denied"
+        assert "Only the person who started batch" in response.json()["detail"]
+    assert BatchClassification.objects.get(pk=batch_id).cancel_requested is False
+
+
+def test_it_answers_404_and_405_around_the_batch_actions(served_project, viewer_api, client):
+    batch_id = _upload(viewer_api)
+
+    assert viewer_api.post("/api/v1/batches/12345/cancel").status_code == 404
+    assert viewer_api.delete("/api/v1/batches/12345").status_code == 404
+    assert viewer_api.get(f"/api/v1/batches/{batch_id}/cancel").status_code == 405
+    assert client.post(f"/api/v1/batches/{batch_id}/cancel").status_code == 401
+    assert client.delete(f"/api/v1/batches/{batch_id}").status_code == 401
+
+
+def test_it_documents_the_batch_actions_in_the_schema(client, db):
+    response = client.get("/api/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    paths = response.json()["paths"]
+    cancel = paths["/api/v1/batches/{id}/cancel"]["post"]
+    delete = paths["/api/v1/batches/{id}"]["delete"]
+    assert {"200", "403", "404", "409"} <= set(cancel["responses"])
+    assert {"204", "403", "404", "409"} <= set(delete["responses"])
+
+
 def _download(client, batch_id: int, fmt: str) -> str:
     response = client.get(f"/api/v1/batches/{batch_id}/results.{fmt}")
     assert response.status_code == 200

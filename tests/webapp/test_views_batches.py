@@ -1,4 +1,5 @@
-"""Batch pages: start a batch from the classify page, follow it live, list and download."""
+"""Batch pages: start a batch from the classify page, follow it live, list and download,
+cancel and delete."""
 
 from __future__ import annotations
 
@@ -344,3 +345,192 @@ def test_it_refuses_the_wrong_methods(viewer_client, served_project):
     assert viewer_client.get(reverse("batch_create")).status_code == 405
     for url in _pages(batch):
         assert viewer_client.post(url).status_code == 405, url
+    for url in _actions(batch):
+        assert viewer_client.get(url).status_code == 405, url
+
+
+# --- Cancelling and deleting ----------------------------------------------------------------
+
+
+def _actions(batch: BatchClassification) -> list[str]:
+    return [reverse("batch_cancel", args=[batch.pk]), reverse("batch_delete", args=[batch.pk])]
+
+
+def _batch_of(user, project, **fields) -> BatchClassification:
+    """A batch ``user`` started, with its folder, as an upload leaves it."""
+    batch = BatchClassification.objects.create(
+        project=project, version_number=1, total=3, created_by=user, **fields
+    )
+    batch.directory = f"batches/{batch.pk}"
+    batch.save(update_fields=["directory"])
+    (batch.path / "inputs").mkdir(parents=True)
+    return batch
+
+
+def _messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_it_offers_the_one_who_started_a_queued_batch_to_cancel_it(
+    viewer_client, viewer, served_project
+):
+    batch = _batch_of(viewer, served_project)
+
+    content = viewer_client.get(batch.get_absolute_url()).content.decode()
+
+    form = content[content.index('id="batch-actions"') :]
+    assert f'action="{reverse("batch_cancel", args=[batch.pk])}"' in form
+    assert 'name="csrfmiddlewaretoken"' in form
+    assert f"return confirm('Cancel batch #{batch.pk}?')" in form
+    assert 'id="delete-batch"' not in content  # not while it may still run
+
+
+def test_it_cancels_a_queued_batch_from_its_page(viewer_client, viewer, served_project):
+    batch = _batch_of(viewer, served_project)
+
+    response = viewer_client.post(reverse("batch_cancel", args=[batch.pk]), follow=True)
+
+    batch.refresh_from_db()
+    assert batch.status == "cancelled"
+    assert response.redirect_chain == [(batch.get_absolute_url(), 302)]
+    assert _messages(response) == [f"Batch #{batch.pk} cancelled."]
+    content = response.content.decode()
+    assert 'id="batch-status">Cancelled' in content and "badge-muted" in content
+    assert "Cancelled before it started." in content
+    assert "every 1s" not in content and 'id="cancel-batch"' not in content
+    assert 'id="delete-batch"' in content
+
+
+def test_it_asks_a_running_batch_to_stop_and_says_so_while_it_polls(
+    viewer_client, viewer, served_project
+):
+    batch = _batch_of(viewer, served_project, status="running", done=1)
+
+    response = viewer_client.post(reverse("batch_cancel", args=[batch.pk]), follow=True)
+    live = viewer_client.get(reverse("batch_live", args=[batch.pk])).content.decode()
+
+    assert "will stop after the photos it is classifying now" in _messages(response)[0]
+    assert 'id="batch-stopping"' in live and 'hx-trigger="every 1s"' in live
+    assert 'id="cancel-batch"' not in live and 'id="delete-batch"' not in live
+
+
+def test_it_stops_offering_cancel_in_the_live_part_once_the_batch_finished(
+    viewer_client, viewer, served_project
+):
+    batch = _batch_of(viewer, served_project, status="running")
+    live = reverse("batch_live", args=[batch.pk])
+    assert 'id="cancel-batch"' in viewer_client.get(live).content.decode()
+
+    BatchClassification.objects.filter(pk=batch.pk).update(status="succeeded", done=3)
+    content = viewer_client.get(live).content.decode()
+
+    assert 'id="cancel-batch"' not in content and "every 1s" not in content
+    assert f'action="{reverse("batch_delete", args=[batch.pk])}"' in content
+
+
+def test_it_says_clearly_that_a_finished_batch_cannot_be_cancelled(
+    viewer_client, viewer, served_project
+):
+    batch = _batch_of(viewer, served_project, status="succeeded", done=3)
+
+    response = viewer_client.post(reverse("batch_cancel", args=[batch.pk]), follow=True)
+
+    assert _messages(response) == [
+        f"Batch #{batch.pk} has already succeeded; there is nothing to cancel."
+    ]
+    batch.refresh_from_db()
+    assert (batch.status, batch.cancel_requested) == ("succeeded", False)
+
+
+def test_it_shows_and_serves_the_partial_results_of_a_batch_cancelled_while_running(
+    viewer_client, viewer, served_project, monkeypatch
+):
+    from classifier.serving import Predictor
+
+    with mock.patch("webapp.health.check_workers", return_value={"ok": True, "workers": ["w"]}):
+        _start(viewer_client, [_photo("a.jpg"), _photo("b.jpg"), _photo("c.jpg")])
+    batch = BatchClassification.objects.get()
+    predict = Predictor.predict_array
+
+    def cancel_first(self, pixels):
+        viewer_client.post(reverse("batch_cancel", args=[batch.pk]))
+        return predict(self, pixels)
+
+    monkeypatch.setattr(services, "BATCH_CHUNK", 2)
+    monkeypatch.setattr(Predictor, "predict_array", cancel_first)
+    services.batch_run(batch_id=batch.pk)
+
+    content = viewer_client.get(batch.get_absolute_url()).content.decode()
+
+    assert 'id="batch-status">Cancelled' in content
+    partial = content[content.index('id="batch-partial"') :]
+    assert "Partial results." in partial and "cancelled after 2 of 3 photos" in partial
+    url = reverse("api:batch_results", args=[batch.pk, "csv"])
+    assert f'href="{url}"' in partial
+    download = b"".join(viewer_client.get(url).streaming_content).decode()
+    assert [line.split(",")[0] for line in download.splitlines()] == ["file", "a.jpg", "b.jpg"]
+
+
+def test_it_deletes_a_finished_batch_for_a_trainer(
+    trainer_client, viewer, served_project, django_capture_on_commit_callbacks
+):
+    batch = _batch_of(viewer, served_project, status="failed")
+    content = trainer_client.get(batch.get_absolute_url()).content.decode()
+    assert "return confirm('Delete batch #" in content
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = trainer_client.post(reverse("batch_delete", args=[batch.pk]), follow=True)
+
+    assert response.redirect_chain == [(reverse("project_batch_list", args=["flowers"]), 302)]
+    assert _messages(response) == [
+        f"Batch #{batch.pk} and its files were deleted; its answers stay in the prediction log."
+    ]
+    assert not BatchClassification.objects.filter(pk=batch.pk).exists()
+    assert not batch.path.exists()
+
+
+def test_it_says_clearly_that_a_running_batch_cannot_be_deleted(
+    viewer_client, viewer, served_project
+):
+    batch = _batch_of(viewer, served_project, status="running")
+
+    response = viewer_client.post(reverse("batch_delete", args=[batch.pk]), follow=True)
+
+    assert response.redirect_chain == [(batch.get_absolute_url(), 302)]
+    assert _messages(response) == [
+        f"Batch #{batch.pk} is running; cancel it first, then delete it once it has stopped."
+    ]
+    assert BatchClassification.objects.filter(pk=batch.pk).exists()
+    assert batch.path.exists()
+
+
+@pytest.mark.parametrize("status", ["queued", "succeeded"])
+def test_it_offers_nothing_to_another_user_and_refuses_their_posts(
+    outsider_client, viewer, served_project, status
+):
+    batch = _batch_of(viewer, served_project, status=status)
+
+    content = outsider_client.get(batch.get_absolute_url()).content.decode()
+
+    assert 'id="batch-actions"' not in content
+    for url in _actions(batch):
+        assert outsider_client.post(url).status_code == 403, url
+    batch.refresh_from_db()
+    assert (batch.status, batch.cancel_requested) == (status, False)
+    assert batch.path.exists()
+
+
+def test_it_sends_strangers_posting_actions_to_the_login_page(client, viewer, served_project):
+    batch = _batch_of(viewer, served_project)
+
+    for url in _actions(batch):
+        response = client.post(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith(reverse("login"))
+    batch.refresh_from_db()
+    assert batch.status == "queued"
+
+
+def test_it_returns_404_for_actions_on_an_unknown_batch(viewer_client, db):
+    assert viewer_client.post(reverse("batch_cancel", args=[999])).status_code == 404
+    assert viewer_client.post(reverse("batch_delete", args=[999])).status_code == 404

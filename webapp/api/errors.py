@@ -22,6 +22,7 @@ from webapp import services
 # (exception class, HTTP status, code); the first match wins.
 DOMAIN_ERRORS: list[tuple[type[BaseException], int, str]] = [
     (services.NoActiveVersion, status.HTTP_409_CONFLICT, "no_active_version"),
+    (services.WrongStatus, status.HTTP_409_CONFLICT, "wrong_status"),
     (services.UploadTooLarge, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "too_large"),
     (RequestDataTooBig, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, "too_large"),
     (TooManyFilesSent, status.HTTP_400_BAD_REQUEST, "too_many_files"),

@@ -164,6 +164,9 @@ class BatchRequestSerializer(serializers.Serializer):
 
 
 class BatchSerializer(serializers.ModelSerializer):
+    """A batch; the results links appear once it succeeded, or after it was cancelled
+    while running (then the results hold the photos classified before it stopped)."""
+
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.IntegerField(source="version_number", read_only=True)
     percent = serializers.IntegerField(read_only=True)
@@ -182,6 +185,7 @@ class BatchSerializer(serializers.ModelSerializer):
             "failed",
             "percent",
             "error",
+            "cancel_requested",
             "created_at",
             "started_at",
             "finished_at",
@@ -198,7 +202,7 @@ class BatchSerializer(serializers.ModelSerializer):
     def _url(self, batch: BatchClassification, fmt: str) -> str | None:
         from django.urls import reverse
 
-        if batch.status != BatchClassification.Status.SUCCEEDED:
+        if not batch.has_results:
             return None
         url = reverse("api:batch_results", args=[batch.pk, fmt])
         request = self.context.get("request")

@@ -40,6 +40,7 @@ urlpatterns = [
     path("projects/<slug:slug>/batches", api(views.BatchCreate), name="batch_create"),
     path("jobs/<int:pk>", api(views.JobDetail), name="job_detail"),
     path("batches/<int:pk>", api(views.BatchDetail), name="batch_detail"),
+    path("batches/<int:pk>/cancel", api(views.BatchCancel), name="batch_cancel"),
     re_path(
         r"^batches/(?P<pk>\d+)/results\.(?P<fmt>csv|json)$",
         api(views.BatchResults),

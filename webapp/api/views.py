@@ -220,19 +220,44 @@ class BatchCreate(APIView):
 
 
 class BatchDetail(generics.RetrieveAPIView):
-    """A batch's progress; ``results_csv``/``results_json`` links once it succeeded."""
+    """A batch's progress; ``results_csv``/``results_json`` links once it succeeded (or was
+    cancelled after classifying some photos). DELETE removes a finished batch."""
 
     serializer_class = s.BatchSerializer
     queryset = BatchClassification.objects.select_related("project")
+
+    @extend_schema(
+        request=None,
+        responses={204: OpenApiResponse(description="Deleted."), **_errors(401, 403, 404, 409)},
+    )
+    def delete(self, request: Request, pk: int) -> Response:
+        """Delete a finished batch and its files (whoever started it, or a trainer); its
+        predictions stay in the log. 409 while it is queued or running."""
+        services.batch_delete(batch=self.get_object(), user=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class BatchCancel(APIView):
+    """Cancel a batch (whoever started it, or a trainer): a queued one is cancelled at once;
+    a running one has ``cancel_requested`` set and stops before its next chunk of photos,
+    keeping the results so far. 409 once it has finished."""
+
+    @extend_schema(request=None, responses={200: s.BatchSerializer, **_errors(401, 403, 404, 409)})
+    def post(self, request: Request, pk: int) -> Response:
+        batch = get_object_or_404(BatchClassification.objects.select_related("project"), pk=pk)
+        batch = services.batch_cancel(batch=batch, user=request.user)
+        return Response(s.BatchSerializer(batch, context={"request": request}).data)
 
 
 class BatchResults(APIView):
     @extend_schema(responses={(200, "text/csv"): OpenApiTypes.BINARY, **_errors(401, 404, 409)})
     def get(self, request: Request, pk: int, fmt: str) -> FileResponse | Response:
         batch = get_object_or_404(BatchClassification, pk=pk)
-        if batch.status != BatchClassification.Status.SUCCEEDED:
+        if not batch.has_results:
             return error_response(
-                f"The batch is {batch.get_status_display().lower()}; results come when it "
+                "The batch was cancelled before it classified any photo, so it has no results."
+                if batch.status == BatchClassification.Status.CANCELLED
+                else f"The batch is {batch.get_status_display().lower()}; results come when it "
                 "has succeeded.",
                 "not_ready",
                 status.HTTP_409_CONFLICT,
