@@ -40,7 +40,8 @@ from classifier.pipeline import iter_batches
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+# 2: photos resized like tf.image.resize (images.resize_like_tensorflow), not Image.resize.
+CACHE_FORMAT = 2
 EXTRACT_BATCH = 32
 
 Progress = Callable[[int, int], None]

@@ -92,3 +92,19 @@ def test_it_refuses_an_unsupported_format() -> None:
 
     with pytest.raises(InvalidImageError, match="Unsupported image format TIFF"):
         open_image(buffer.getvalue())
+
+
+@pytest.mark.parametrize(("width", "height"), [(300, 200), (500, 375), (60, 90), (300, 70)])
+def test_it_resizes_as_tf_image_resize_does(width: int, height: int) -> None:
+    # The recipe's pipeline resizes with tf.image.resize (bilinear, no antialiasing); the
+    # ImageNet trunk gives better features on that than on PIL's filtered Image.resize.
+    tf = pytest.importorskip("tensorflow")
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+
+    ours = load_image(buffer.getvalue(), 96).astype(np.float32)
+    theirs = tf.image.resize(pixels, (96, 96), method="bilinear", antialias=False).numpy()
+
+    assert ours.shape == (96, 96, 3)
+    assert np.abs(ours - theirs).max() < 1.01  # PIL rounds to uint8 in fixed point
