@@ -18,7 +18,7 @@ import numpy as np
 
 from classifier.data import scan_dataset
 from classifier.errors import DatasetError, InvalidImageError
-from classifier.images import SUPPORTED_SUFFIXES, load_image
+from classifier.images import SUPPORTED_SUFFIXES
 from classifier.serving import Predictor
 
 # Keras's categorical cross-entropy clips probabilities to [EPSILON, 1 - EPSILON].
@@ -149,9 +149,7 @@ def evaluate_version(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(scan.items), batch_size):
             chunk = scan.items[start : start + batch_size]
-            decoded = pool.map(
-                lambda item: _try_load(scan.root / item[0], predictor.image_size), chunk
-            )
+            decoded = pool.map(lambda item: _try_load(predictor, scan.root / item[0]), chunk)
             pixels = []
             for (relpath, label), (array, problem) in zip(chunk, decoded, strict=True):
                 if array is None:
@@ -169,9 +167,9 @@ def evaluate_version(
     return result
 
 
-def _try_load(path: Path, size: int) -> tuple[np.ndarray | None, str | None]:
+def _try_load(predictor: Predictor, path: Path) -> tuple[np.ndarray | None, str | None]:
     try:
-        return load_image(path, size), None
+        return predictor.load_pixels(path), None
     except (InvalidImageError, OSError) as exc:
         return None, str(exc)
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from classifier.config import TrainConfig
 from classifier.errors import ArtifactError
+from classifier.images import RESIZE_TF
 from classifier.serving import (
     FORMAT_VERSION,
     LABELS,
@@ -104,7 +105,12 @@ def export_version(
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "class_names": list(class_names),
             "image_size": image_size,
-            "input": {"shape": [image_size, image_size, 3], "dtype": "float32", "range": [0, 255]},
+            "input": {
+                "shape": [image_size, image_size, 3],
+                "dtype": "float32",
+                "range": [0, 255],
+                "resize": RESIZE_TF,
+            },
             "config": config.to_dict(),
             "metrics": metrics,
             "history": history,

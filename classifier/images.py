@@ -27,6 +27,12 @@ SUPPORTED_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"
 
 ImageSource = bytes | str | Path | BinaryIO | Image.Image
 
+# How photos are squashed to the model's input, recorded in each version's metadata.json
+# ("input": {"resize": ...}) so a version is always served the way it was trained.
+RESIZE_TF = "tf-bilinear"  # resize_like_tensorflow: what Graft trains with now
+RESIZE_PIL = "pil-bilinear"  # PIL's filtered Image.resize: versions exported before it
+RESIZE_METHODS = (RESIZE_TF, RESIZE_PIL)
+
 
 def open_image(
     source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, draft: int | None = None
@@ -83,16 +89,23 @@ def open_image(
         raise InvalidImageError(f"The image is damaged or truncated: {exc}") from None
 
 
-def load_image(source: ImageSource, size: int) -> np.ndarray:
+def load_image(source: ImageSource, size: int, *, resize: str = RESIZE_TF) -> np.ndarray:
     """Return the photo as a ``(size, size, 3)`` uint8 array, ready for the model.
 
     The model itself applies ``preprocess_input``; callers pass these raw 0-255 pixels.
     Training and serving both come through here, so the decode (including the JPEG draft
-    scaling) is the same on both sides.
+    scaling) is the same on both sides. ``resize`` is one of :data:`RESIZE_METHODS`: a
+    version is served with the method its metadata records (training always uses
+    ``RESIZE_TF``).
     """
     image = open_image(source, draft=size)
     if image.size != (size, size):
-        image = resize_like_tensorflow(image, size)
+        if resize == RESIZE_TF:
+            image = resize_like_tensorflow(image, size)
+        elif resize == RESIZE_PIL:
+            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+        else:
+            raise ValueError(f"Unknown resize method {resize!r}; use one of {RESIZE_METHODS}.")
     return np.asarray(image, dtype=np.uint8)
 
 

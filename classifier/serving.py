@@ -20,7 +20,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from classifier.errors import ArtifactError, InvalidImageError
-from classifier.images import ImageSource, load_image
+from classifier.images import RESIZE_METHODS, RESIZE_PIL, RESIZE_TF, ImageSource, load_image
 
 FORMAT_VERSION = 1
 MODEL_KERAS = "model.keras"
@@ -90,7 +90,9 @@ class Predictor:
 
     Build it with :meth:`load`. Immutable after loading and safe to share between threads
     (the interpreter is behind :class:`LiteRTRunner`'s lock). Photos are decoded by
-    :func:`classifier.images.load_image`, the same code that fed training.
+    :func:`classifier.images.load_image`, the same code that fed training, and resized with
+    the method the version records (``resize``), so a version exported by an older Graft
+    keeps being served exactly as it was trained.
     """
 
     def __init__(
@@ -101,10 +103,12 @@ class Predictor:
         image_size: int,
         metadata: dict[str, Any],
         version_dir: Path,
+        resize: str = RESIZE_TF,
     ) -> None:
         self._runner = runner
         self.labels = list(labels)
         self.image_size = int(image_size)
+        self.resize = resize
         self.metadata = metadata
         self.version_dir = version_dir
 
@@ -168,7 +172,12 @@ class Predictor:
             image_size=image_size,
             metadata=metadata,
             version_dir=version_dir,
+            resize=_resize_method(metadata, version_dir),
         )
+
+    def load_pixels(self, source: ImageSource) -> np.ndarray:
+        """The photo as this version's ``(S, S, 3)`` uint8 input (decoded, resized its way)."""
+        return load_image(source, self.image_size, resize=self.resize)
 
     def predict(self, source: ImageSource, top_k: int = 5) -> list[dict[str, Any]]:
         """Classify one photo (bytes, path, binary file or PIL image).
@@ -178,7 +187,7 @@ class Predictor:
         Raises:
             InvalidImageError: not an image, damaged, or too large (decompression bomb).
         """
-        pixels = load_image(source, self.image_size)
+        pixels = self.load_pixels(source)
         return self._top(self.predict_array(pixels[np.newaxis])[0], top_k)
 
     def predict_many(
@@ -193,7 +202,7 @@ class Predictor:
         chunk: list[np.ndarray] = []
         for position, source in enumerate(sources):
             try:
-                chunk.append(load_image(source, self.image_size))
+                chunk.append(self.load_pixels(source))
             except InvalidImageError as exc:
                 raise InvalidImageError(f"Image {position + 1}: {exc}") from None
             if len(chunk) == PREDICT_MANY_CHUNK:
@@ -216,6 +225,18 @@ class Predictor:
             raise ValueError("top_k must be at least 1.")
         order = np.argsort(-probs, kind="stable")[:top_k]
         return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
+
+
+def _resize_method(metadata: dict[str, Any], version_dir: Path) -> str:
+    """The resize a version was trained with; versions from before it was recorded: PIL's."""
+    spec = metadata.get("input")
+    method = spec.get("resize", RESIZE_PIL) if isinstance(spec, dict) else RESIZE_PIL
+    if method not in RESIZE_METHODS:
+        raise ArtifactError(
+            f"{version_dir / METADATA} asks for photos resized with {method!r}, which this "
+            "Graft does not know; it was exported by a newer Graft."
+        )
+    return method
 
 
 def sha256_file(path: Path) -> str:

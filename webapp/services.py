@@ -1437,8 +1437,6 @@ def _classify_chunk(
 ) -> None:
     import numpy as np
 
-    from classifier.images import load_image
-
     rows: list[dict[str, Any]] = []
     pixels, ok_rows, digests = [], [], []
     for name, payload in chunk:
@@ -1448,7 +1446,7 @@ def _classify_chunk(
             row["error"] = payload
             continue
         try:
-            pixels.append(load_image(payload, predictor.image_size))
+            pixels.append(predictor.load_pixels(payload))
         except InvalidImageError as exc:
             row["error"] = str(exc)
             continue

@@ -108,3 +108,11 @@ def test_it_resizes_as_tf_image_resize_does(width: int, height: int) -> None:
 
     assert ours.shape == (96, 96, 3)
     assert np.abs(ours - theirs).max() < 1.01  # PIL rounds to uint8 in fixed point
+
+
+def test_it_refuses_an_unknown_resize_method() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(buffer, "PNG")
+
+    with pytest.raises(ValueError, match="Unknown resize method 'nearest'"):
+        load_image(buffer.getvalue(), 32, resize="nearest")

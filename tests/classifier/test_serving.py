@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from classifier.errors import ArtifactError, InvalidImageError
+from classifier.images import RESIZE_PIL, RESIZE_TF, load_image
 from classifier.serving import Predictor
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,3 +185,41 @@ def test_without_verify_it_skips_checksums_but_still_checks_labels(version_copy:
     (version_copy / "labels.json").write_text(json.dumps(["cat", "dog"]))
     with pytest.raises(ArtifactError, match="3 outputs but labels.json names 2"):
         Predictor.load(version_copy, verify=False)
+
+
+def _edit_input_spec(version_dir: Path, **changes: object) -> None:
+    path = version_dir / "metadata.json"
+    metadata = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            metadata["input"].pop(key, None)
+        else:
+            metadata["input"][key] = value
+    path.write_text(json.dumps(metadata))
+
+
+def test_a_version_is_served_with_the_resize_it_was_trained_with(version_copy: Path) -> None:
+    photo = photos(1, seed=5)[0]  # 36x24 noise: the two resizes differ a lot on it
+    current = Predictor.load(version_copy)
+    assert json.loads((version_copy / "metadata.json").read_text())["input"]["resize"] == (
+        RESIZE_TF
+    )
+    assert current.resize == RESIZE_TF
+    # Exported before the method was recorded: PIL's filtered resize, as it was trained.
+    _edit_input_spec(version_copy, resize=None)
+    legacy = Predictor.load(version_copy)
+
+    assert legacy.resize == RESIZE_PIL
+    assert np.array_equal(legacy.load_pixels(photo), load_image(photo, 32, resize=RESIZE_PIL))
+    assert np.array_equal(current.load_pixels(photo), load_image(photo, 32, resize=RESIZE_TF))
+    assert not np.array_equal(legacy.load_pixels(photo), current.load_pixels(photo))
+    assert legacy.predict(photo, top_k=3) == legacy._top(
+        legacy.predict_array(load_image(photo, 32, resize=RESIZE_PIL)[np.newaxis])[0], 3
+    )
+
+
+def test_it_refuses_a_resize_method_it_does_not_know(version_copy: Path) -> None:
+    _edit_input_spec(version_copy, resize="lanczos-from-the-future")
+
+    with pytest.raises(ArtifactError, match="lanczos-from-the-future.*newer Graft"):
+        Predictor.load(version_copy)
