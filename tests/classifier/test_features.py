@@ -121,3 +121,20 @@ def test_it_stores_nothing_when_extraction_is_cancelled(tmp_path, make_image_fol
         _extract(root, tmp_path / "cache", _config(), progress=cancel)
     _, again = _extract(root, tmp_path / "cache", _config())
     assert again.extracted == 4
+
+
+@pytest.mark.parametrize("photos", [0, 1, 5, 32])
+def test_the_parallel_trunk_gives_each_photo_its_own_row_in_order(photos: int) -> None:
+    from classifier.export import convert_to_tflite
+    from classifier.serving import LiteRTRunner
+    from tests.classifier.conftest import tiny_classifier
+
+    content = convert_to_tflite(tiny_classifier())
+    pixels = np.random.default_rng(photos).integers(0, 256, (photos, 32, 32, 3))
+    pixels = pixels.astype(np.float32)
+
+    parallel = features_module._ParallelTrunk(content, workers=2).run(pixels)
+    whole = LiteRTRunner(content, num_threads=1).run(pixels)
+
+    assert parallel.shape == whole.shape == (photos, 3)
+    np.testing.assert_allclose(parallel, whole, atol=1e-5)
