@@ -248,7 +248,9 @@ class _ParallelTrunk:
         return np.concatenate(rows) if rows else np.zeros((0, *runner.output_shape), np.float32)
 
     def __del__(self) -> None:
-        self._pool.shutdown(wait=False)
+        pool = getattr(self, "_pool", None)  # absent when an interpreter failed to load
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def _load_index(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
