@@ -235,22 +235,17 @@ class _ParallelTrunk:
 
         count = max(1, workers or os.cpu_count() or 1)
         self._runners = [LiteRTRunner(content, num_threads=1) for _ in range(count)]
-        self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="graft-trunk")
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
         shares = np.array_split(pixels, len(self._runners))
-        outputs = self._pool.map(self._run_share, self._runners, shares)
-        return np.concatenate(list(outputs))
+        with ThreadPoolExecutor(len(self._runners), thread_name_prefix="graft-trunk") as pool:
+            outputs = list(pool.map(self._run_share, self._runners, shares))
+        return np.concatenate(outputs)
 
     @staticmethod
     def _run_share(runner: Any, share: np.ndarray) -> np.ndarray:
         rows = [runner.run(share[i : i + INFER_BATCH]) for i in range(0, len(share), INFER_BATCH)]
         return np.concatenate(rows) if rows else np.zeros((0, *runner.output_shape), np.float32)
-
-    def __del__(self) -> None:
-        pool = getattr(self, "_pool", None)  # absent when an interpreter failed to load
-        if pool is not None:
-            pool.shutdown(wait=False)
 
 
 def _load_index(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:

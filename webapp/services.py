@@ -755,12 +755,13 @@ def training_jobs_reconcile(*, now: datetime | None = None) -> dict[str, list[in
                 "Check the worker machines' memory and logs, then start the job again.",
             },
         )
-    waiting = TrainingJob.objects.filter(
-        status=TrainingJob.Status.QUEUED,
-        cancel_requested=False,
-        created_at__lt=stale_before,
-    ).exclude(pk__in=report["requeued"])
-    _reenqueue_lost(waiting, queue="training", enqueue=_enqueue_training, report=report)
+    _reenqueue_lost(
+        TrainingJob,
+        stale_before=stale_before,
+        queue="training",
+        enqueue=_enqueue_training,
+        report=report,
+    )
     return report
 
 
@@ -807,14 +808,19 @@ def _requeue_or_fail(
 
 
 def _reenqueue_lost(
-    waiting: QuerySet,
+    model: type[Reconciled],
     *,
+    stale_before: datetime,
     queue: str,
     enqueue: Callable[[int], None],
     report: dict[str, list[int]],
 ) -> None:
-    """Enqueue (on commit) the queued rows whose message is neither waiting in ``queue`` nor
-    reserved by a worker; all of them when the broker cannot be asked."""
+    """Enqueue (on commit) the rows queued since before ``stale_before`` (not asked to stop,
+    not just requeued) whose message is neither waiting in ``queue`` nor reserved by a
+    worker; all of them when the broker cannot be asked."""
+    waiting = model.objects.filter(
+        status=model.Status.QUEUED, cancel_requested=False, created_at__lt=stale_before
+    ).exclude(pk__in=report["requeued"])
     if not waiting.exists():
         return
     known = _broker_task_ids(queue)
@@ -1595,12 +1601,13 @@ def batches_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
                 "memory and logs, then upload the photos again.",
             },
         )
-    waiting = BatchClassification.objects.filter(
-        status=BatchClassification.Status.QUEUED,
-        cancel_requested=False,
-        created_at__lt=stale_before,
-    ).exclude(pk__in=report["requeued"])
-    _reenqueue_lost(waiting, queue="default", enqueue=_enqueue_batch, report=report)
+    _reenqueue_lost(
+        BatchClassification,
+        stale_before=stale_before,
+        queue="default",
+        enqueue=_enqueue_batch,
+        report=report,
+    )
     return report
 
 
