@@ -2,10 +2,13 @@
 
 ``python -m classifier train DATA_DIR --out VERSION_DIR [options]`` prints one JSON line
 per epoch and a final JSON summary; ``evaluate VERSION_DIR DATA_DIR`` prints the metrics as
-JSON; ``predict VERSION_DIR IMAGE...`` prints one JSON line per image. A refused input
-(any ``ClassifierError``) prints its message on stderr and exits with status 2.
+JSON; ``predict VERSION_DIR IMAGE... [--int8]`` prints one JSON line per image;
+``quantize VERSION_DIR DATA_DIR`` adds a checked int8 model to the version and prints its
+record. A refused input (any ``ClassifierError``) prints its message on stderr and exits
+with status 2.
 
-TensorFlow is imported only by ``train``; ``evaluate`` and ``predict`` run on LiteRT.
+TensorFlow is imported only by ``train`` and ``quantize``; ``evaluate`` and ``predict`` run
+on LiteRT.
 """
 
 from __future__ import annotations
@@ -71,7 +74,19 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("version_dir", type=Path)
     predict.add_argument("images", type=Path, nargs="+")
     predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--int8", action="store_true", help="use the accepted int8 model")
     predict.set_defaults(handler=_predict)
+
+    quantize = commands.add_parser(
+        "quantize", help="add a checked int8 model to a version (calibrated on DATA_DIR)"
+    )
+    quantize.add_argument("version_dir", type=Path)
+    quantize.add_argument("data_dir", type=Path, help="the folder the version was trained on")
+    quantize.add_argument("--calibration-images", type=int, default=100)
+    quantize.add_argument("--validation-images", type=int, default=300)
+    quantize.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    quantize.add_argument("--force", action="store_true", help="redo an existing record")
+    quantize.set_defaults(handler=_quantize)
     return parser
 
 
@@ -150,7 +165,10 @@ def _predict(args: argparse.Namespace) -> int:
     from classifier.errors import InvalidImageError
     from classifier.serving import Predictor
 
-    predictor = Predictor.load(args.version_dir)
+    predictor = Predictor.load(args.version_dir, prefer_int8=args.int8)
+    if args.int8 and predictor.precision != "int8":
+        print("error: the version has no accepted int8 model; run quantize.", file=sys.stderr)
+        return EXIT_REFUSED
     status = 0
     for image in args.images:
         try:
@@ -163,6 +181,22 @@ def _predict(args: argparse.Namespace) -> int:
             continue
         _print_json({"image": str(image), "predictions": predictions})
     return status
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from classifier.quantize import quantize_version
+
+    record = quantize_version(
+        args.version_dir,
+        args.data_dir,
+        calibration_images=args.calibration_images,
+        validation_images=args.validation_images,
+        max_accuracy_drop=args.max_accuracy_drop,
+        force=args.force,
+    )
+    _print_json(record)
+    return 0
 
 
 def _print_json(data: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -148,8 +149,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def convert_to_tflite(model: keras.Model) -> bytes:
-    """Return a float32 TFLite flatbuffer computing ``model(x, training=False)``.
+def convert_to_tflite(
+    model: keras.Model, *, calibration: Callable[[], Iterator[np.ndarray]] | None = None
+) -> bytes:
+    """Return a TFLite flatbuffer computing ``model(x, training=False)``.
+
+    Float32 by default. With ``calibration`` (a callable returning an iterator over
+    ``(1, S, S, 3)`` float32 0-255 batches of representative photos), the model is
+    quantized to full integer (int8 weights and activations, every builtin op in int8)
+    while its input and output stay float32, so callers feed it the same pixels and read
+    the same probabilities (see ``classifier.quantize``).
 
     Works for any single-input Keras 3 model with a known input shape (the whole classifier
     or a bare trunk+pooling feature extractor). The batch dimension stays dynamic, so LiteRT
@@ -166,12 +175,18 @@ def convert_to_tflite(model: keras.Model) -> bytes:
             convert_variables_to_constants_v2,
         )
     except ImportError:  # A TensorFlow that moved its private API: take the slow, public road.
+        if calibration is not None:
+            raise
         return _convert_via_saved_model(model, spec)
 
     function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     frozen = convert_variables_to_constants_v2(function.get_concrete_function())
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([batch] for batch in calibration())
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     return converter.convert()
 
 

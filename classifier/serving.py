@@ -25,6 +25,7 @@ from classifier.images import RESIZE_METHODS, RESIZE_PIL, RESIZE_TF, ImageSource
 FORMAT_VERSION = 1
 MODEL_KERAS = "model.keras"
 MODEL_TFLITE = "model.tflite"
+MODEL_INT8 = "model.int8.tflite"
 LABELS = "labels.json"
 METADATA = "metadata.json"
 PREDICT_MANY_CHUNK = 32
@@ -104,8 +105,10 @@ class Predictor:
         metadata: dict[str, Any],
         version_dir: Path,
         resize: str = RESIZE_TF,
+        precision: str = "float32",
     ) -> None:
         self._runner = runner
+        self.precision = precision
         self.labels = list(labels)
         self.image_size = int(image_size)
         self.resize = resize
@@ -114,12 +117,21 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, version_dir: str | Path, *, verify: bool = True, num_threads: int | None = None
+        cls,
+        version_dir: str | Path,
+        *,
+        verify: bool = True,
+        num_threads: int | None = None,
+        prefer_int8: bool = False,
     ) -> Predictor:
         """Load ``version_dir`` (written by ``classifier.export.export_version``).
 
         With ``verify`` every file listed in ``metadata.json`` must be present with its
-        recorded sha256, so a damaged or tampered version is never served.
+        recorded sha256, so a damaged or tampered version is never served. With
+        ``prefer_int8`` the version's int8 model (``classifier.quantize``) answers instead
+        of the float32 one, but only when its record says it was accepted (its accuracy on
+        the version's validation photos stayed within the allowed drop); ``precision``
+        says which one was loaded.
 
         Raises:
             ArtifactError: a missing or unreadable file, a checksum mismatch, or labels that
@@ -132,16 +144,18 @@ class Predictor:
                 f"{version_dir / METADATA} is not a Graft model version's metadata."
             )
         files: dict[str, Any] = metadata["files"]
-        tflite = _read_bytes(version_dir / MODEL_TFLITE)
+        precision = "int8" if prefer_int8 and int8_accepted(metadata) else "float32"
+        model_file = MODEL_INT8 if precision == "int8" else MODEL_TFLITE
+        tflite = _read_bytes(version_dir / model_file)
         if verify:
-            for name in sorted(set(files) | {MODEL_TFLITE, LABELS}):
+            for name in sorted(set(files) | {model_file, LABELS}):
                 entry = files.get(name)
                 expected = entry.get("sha256") if isinstance(entry, dict) else None
                 if not expected:
                     raise ArtifactError(f"metadata.json records no checksum for {name}.")
                 actual = (
                     hashlib.sha256(tflite).hexdigest()
-                    if name == MODEL_TFLITE
+                    if name == model_file
                     else sha256_file(version_dir / name)
                 )
                 if actual != expected:
@@ -155,7 +169,7 @@ class Predictor:
         try:
             runner = LiteRTRunner(tflite, num_threads=num_threads)
         except (ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"{version_dir / MODEL_TFLITE} cannot be loaded: {exc}") from None
+            raise ArtifactError(f"{version_dir / model_file} cannot be loaded: {exc}") from None
         outputs = runner.output_shape[-1]
         if outputs != len(labels):
             raise ArtifactError(
@@ -173,6 +187,7 @@ class Predictor:
             metadata=metadata,
             version_dir=version_dir,
             resize=_resize_method(metadata, version_dir),
+            precision=precision,
         )
 
     def load_pixels(self, source: ImageSource) -> np.ndarray:
@@ -225,6 +240,18 @@ class Predictor:
             raise ValueError("top_k must be at least 1.")
         order = np.argsort(-probs, kind="stable")[:top_k]
         return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
+
+
+def int8_record(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The version's int8 quantization record (``classifier.quantize``), if it has one."""
+    record = metadata.get("int8")
+    return record if isinstance(record, dict) else None
+
+
+def int8_accepted(metadata: dict[str, Any]) -> bool:
+    """Whether the version has an int8 model that may answer in place of the float32 one."""
+    record = int8_record(metadata)
+    return bool(record and record.get("accepted") and record.get("file") == MODEL_INT8)
 
 
 def _resize_method(metadata: dict[str, Any], version_dir: Path) -> str:
