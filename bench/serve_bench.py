@@ -4,8 +4,9 @@ Usage: python bench/serve_bench.py VERSION_DIR [--runs 200] [--batch 32] [--thre
 
 Prints single-image latency (p50/p99 over --runs calls, after a warm-up) and batch
 throughput (images/s) for Keras ``model.predict``, Keras ``predict_on_batch`` and LiteRT
-through ``classifier.serving.Predictor`` (raw pixels, and end to end from JPEG bytes),
-then the ratios. Figures only; nothing here asserts on time.
+through ``classifier.serving.Predictor`` (raw pixels, and end to end from JPEG bytes; and
+the version's int8 model when it has an accepted one), then the ratios. Figures only;
+nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -96,6 +97,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         lambda: predictor.predict(jpeg_bytes),
         lambda: predictor.predict_many([jpeg_bytes] * args.batch),
     )
+    int8 = Predictor.load(args.version_dir, num_threads=args.threads, prefer_int8=True)
+    if int8.precision == "int8":
+        record(
+            "litert int8 predict_array",
+            lambda: int8.predict_array(one),
+            lambda: int8.predict_array(batch),
+        )
+    else:
+        print("(no accepted int8 model in this version: python -m classifier quantize)")
 
     start = time.perf_counter()
     import keras  # noqa: PLC0415 - imported late so the LiteRT figures come from a light process

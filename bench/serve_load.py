@@ -4,17 +4,21 @@ Usage: python bench/serve_load.py [--version-dir DIR | --alpha 1.0] [--concurren
        [--photo PATH] [--duration 10] [--naive-duration 20] [--skip-naive] [--keep-alive]
 
 Starts, one after the other on loopback: Graft under ``gunicorn -c gunicorn.conf.py``
-(LiteRT, the real API with token auth and the prediction log), then the two naive designs
+(LiteRT, the real API with token auth and the prediction log; float32, then int8 when the
+version has an accepted int8 model), then the two naive designs
 from ``bench/naive_apps.py`` under the same gunicorn settings (Keras model loaded per
 request; Keras model cached, ``model.predict``). For each: N client threads each POST a
 320x240 JPEG of a real photo (multipart ``image``; see :func:`photo`) for the given time,
 each request on a new connection (``--keep-alive`` reuses them), then p50/p99 latency,
 throughput and the resident memory of each web worker are printed.
 
-Without ``--version-dir`` a version is exported once into var/bench/ from MobileNetV2 with
-ImageNet weights (``KERAS_HOME``, default ``../shared/keras_home`` when present) and an
-untrained 5-class head: speed does not depend on what the head learned. Figures only;
-nothing here asserts on time.
+Without ``--version-dir`` a version is made once into var/bench/: MobileNetV2 with ImageNet
+weights (``KERAS_HOME``, default ``../shared/keras_home`` when present) trained for 5
+frozen epochs on ``../shared/datasets/flowers-sample`` and quantized to int8 as Graft does
+it (``classifier.quantize``), or, without the sample, an untrained 5-class head (speed does
+not depend on what the head learned). When the version has an accepted int8 model, Graft
+is also measured serving it (``GRAFT_INT8=on``), in the same run. Figures only; nothing
+here asserts on time.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ print(Token.objects.create(user=user).key)
 
 
 def build_version(out: Path, alpha: float, size: int) -> Path:
-    """Export MobileNetV2(alpha) @ size with ImageNet weights and a fresh head (once)."""
+    """Export a MobileNetV2(alpha) @ size version with ImageNet weights (once), see export."""
     if out.is_dir():
         return out
     print(f"Exporting MobileNetV2 alpha={alpha} @{size} to {out} ...", flush=True)
@@ -79,16 +83,44 @@ def build_version(out: Path, alpha: float, size: int) -> Path:
 
 
 def export(out: Path, alpha: float, size: int) -> None:
-    """Runs in its own process: the only place here that imports TensorFlow."""
+    """Runs in its own process: the only place here that imports TensorFlow.
+
+    With the flower sample at hand the version is trained on it (5 frozen epochs), then
+    quantized the way Graft does it (``classifier.quantize``: calibrated on its training
+    photos, checked on its validation photos), so the int8 row serves a model whose
+    accuracy was measured. Without the sample: an untrained 5-class head and no int8 model
+    (speed does not depend on what the head learned).
+    """
     sys.path.insert(0, str(ROOT))
     from classifier.config import TrainConfig
-    from classifier.export import export_version
-    from classifier.model import build_model
 
-    config = TrainConfig(image_size=size, alpha=alpha, weights="imagenet", epochs=1)
-    model = build_model(len(LABELS), config)
-    export_version(
-        model, out, class_names=LABELS, config=config, metrics={}, history=[], dataset={}
+    config = TrainConfig(image_size=size, alpha=alpha, weights="imagenet", epochs=5)
+    if not SHARED_SAMPLE.is_dir():
+        from classifier.export import export_version
+        from classifier.model import build_model
+
+        model = build_model(len(LABELS), config)
+        export_version(
+            model, out, class_names=LABELS, config=config, metrics={}, history=[], dataset={}
+        )
+        return
+    from classifier.quantize import quantize_version
+    from classifier.train import train
+
+    with tempfile.TemporaryDirectory() as cache:
+        train(SHARED_SAMPLE, config, out_dir=out, cache_dir=cache)
+    quantize_version(out, SHARED_SAMPLE)
+
+
+def int8_line(meta: dict) -> str | None:
+    """What the version's int8 record says, or None when it has no accepted int8 model."""
+    record = meta.get("int8")
+    if not isinstance(record, dict):
+        return None
+    return (
+        f"int8 model: {'accepted' if record.get('accepted') else 'NOT accepted'}; validation "
+        f"accuracy int8 {record['int8_accuracy']:.3f} vs float32 {record['float32_accuracy']:.3f}"
+        f", top-1 agreement {record['agreement']:.3f} on {record['validation_images']} photos"
     )
 
 
@@ -267,8 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.export_to:
         return export(args.export_to, args.alpha, args.image_size)
 
+    trained = "-flowers" if SHARED_SAMPLE.is_dir() else ""
     version = args.version_dir or build_version(
-        ROOT / "var" / "bench" / f"mobilenetv2-{args.alpha}-{args.image_size}",
+        ROOT / "var" / "bench" / f"mobilenetv2-{args.alpha}-{args.image_size}{trained}",
         args.alpha,
         args.image_size,
     )
@@ -303,17 +336,22 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    designs = [
-        ("graft (gunicorn + LiteRT + API)", "webapp.wsgi:application", args.duration),
-    ]
+    designs = [("graft (gunicorn + LiteRT + API)", "webapp.wsgi:application", args.duration, {})]
+    described_int8 = int8_line(meta)
+    print(described_int8 or "int8 model: none (run `python -m classifier quantize` on the version)")
+    if described_int8 and meta["int8"].get("accepted"):
+        designs.append(
+            ("graft, int8 model (GRAFT_INT8=on)", "webapp.wsgi:application", args.duration,
+             {"GRAFT_INT8": "true"})
+        )  # fmt: skip
     naive = args.naive_duration
     if not args.skip_naive:
         designs += [
-            ("naive: Keras loaded per request", "bench.naive_apps:per_request", naive),
-            ("naive: Keras cached, predict()", "bench.naive_apps:cached", naive),
+            ("naive: Keras loaded per request", "bench.naive_apps:per_request", naive, {}),
+            ("naive: Keras cached, predict()", "bench.naive_apps:cached", naive, {}),
         ]
-    for name, app, seconds in designs:
-        server = Server(app, env, tmp / f"{app.replace(':', '_')}.log")
+    for number, (name, app, seconds, extra_env) in enumerate(designs):
+        server = Server(app, {**env, **extra_env}, tmp / f"server-{number}.log")
         try:
             is_graft = app.startswith("webapp")
             path = "/api/v1/projects/bench/classify" if is_graft else "/"
