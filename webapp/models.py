@@ -270,6 +270,11 @@ class ModelVersion(models.Model):
     metrics = models.JSONField(default=dict, blank=True)
     val_accuracy = models.FloatField(null=True, blank=True)
     val_loss = models.FloatField(null=True, blank=True)
+    int8 = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="The int8 quantization record (classifier.quantize); {} until one is made.",
+    )
     is_active = models.BooleanField(default=False)
     activated_at = models.DateTimeField(null=True, blank=True)
     notes = models.TextField(blank=True)
@@ -300,7 +305,7 @@ class ModelVersion(models.Model):
     def label(self) -> str:
         return f"v{self.number}"
 
-    DOWNLOADS = ("model.keras", "model.tflite", "labels.json", "metadata.json")
+    DOWNLOADS = ("model.keras", "model.tflite", "model.int8.tflite", "labels.json", "metadata.json")
 
     @property
     def downloads(self) -> list[tuple[str, int]]:
@@ -359,6 +364,55 @@ class ModelVersion(models.Model):
         """[{path, true, predicted, confidence}] (paths relative to the dataset folder)."""
         return list((self.metrics or {}).get("most_confident_wrong") or [])
 
+    @property
+    def int8_accepted(self) -> bool:
+        """Its int8 copy exists and kept its accuracy (within the record's allowed drop)."""
+        return bool((self.int8 or {}).get("accepted"))
+
+    @property
+    def int8_running(self) -> bool:
+        """A quantization of this version is under way (or its worker died meanwhile)."""
+        return bool((self.int8 or {}).get("running"))
+
+    @property
+    def int8_served(self) -> bool:
+        """Whether its int8 copy answers in place of the float32 model (GRAFT_INT8 on)."""
+        return settings.GRAFT_INT8 and self.int8_accepted
+
+    @property
+    def int8_accuracy_drop(self) -> float | None:
+        """float32 minus int8 accuracy on the validation photos (positive: int8 is worse)."""
+        record = self.int8 or {}
+        float32, int8 = record.get("float32_accuracy"), record.get("int8_accuracy")
+        if float32 is None or int8 is None:
+            return None
+        return float32 - int8
+
+    @property
+    def int8_status_label(self) -> str:
+        """The int8 record's outcome in a word or two; "" without a record."""
+        record = self.int8 or {}
+        if not record:
+            return ""
+        if self.int8_running:
+            return "quantizing"
+        if record.get("accepted"):
+            return "accepted"
+        return "not made" if record.get("failed") else "not accepted"
+
+    @property
+    def int8_badge(self) -> str:
+        return {"accepted": "ok", "quantizing": "busy"}.get(self.int8_status_label, "bad")
+
+    @property
+    def int8_serving_label(self) -> str:
+        """Which model answers for this version, and why, in a few words."""
+        if self.int8_served:
+            return "int8 (GRAFT_INT8 is on and the int8 copy was accepted)"
+        if not self.int8_accepted:
+            return "float32 (no accepted int8 copy)"
+        return "float32 (GRAFT_INT8 is off)"
+
 
 class ActivationEvent(models.Model):
     """Audit log: who activated, rolled back, retired or deleted which version, when."""
@@ -401,6 +455,10 @@ class Prediction(models.Model):
         API = "api", "API"
         BATCH = "batch", "Batch job"
 
+    class Precision(models.TextChoices):
+        FLOAT32 = "float32", "float32"
+        INT8 = "int8", "int8"
+
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="predictions")
     version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions"
@@ -413,6 +471,13 @@ class Prediction(models.Model):
     label = models.CharField(max_length=200)
     confidence = models.FloatField()
     latency_ms = models.FloatField()
+    precision = models.CharField(
+        max_length=10,
+        choices=Precision.choices,
+        default=Precision.FLOAT32,
+        blank=True,
+        help_text="Which of the version's models answered.",
+    )
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL

@@ -213,6 +213,12 @@ GRAFT_SERVING_THREADS = env_int("GRAFT_SERVING_THREADS", 1, minimum=1)
 GRAFT_KEEP_PREDICTION_IMAGES = env_bool("GRAFT_KEEP_PREDICTION_IMAGES", False)
 # Predictions (and finished batch jobs) older than this are deleted daily; 0 keeps them.
 GRAFT_PREDICTION_RETENTION_DAYS = env_int("GRAFT_PREDICTION_RETENTION_DAYS", 90, minimum=0)
+# Opt-in int8 serving. On, the worker calibrates a full-integer int8 copy of every new
+# version (``worker.tasks.quantize_version``, on the default queue) and keeps it only when
+# its accuracy on the version's validation photos is at most 0.01 below the float32
+# model's; the web process and batches then classify with the int8 model of a version
+# whose copy was accepted (float32 otherwise). Set it for the web and worker processes alike.
+GRAFT_INT8 = env_bool("GRAFT_INT8", False)
 
 # --- Celery (the job queue; the database row stays the source of truth) -------------
 
@@ -238,6 +244,7 @@ CELERY_TASK_ROUTES = {
     "worker.tasks.classify_batch": {"queue": "default"},
     "worker.tasks.prune_predictions": {"queue": "default"},
     "worker.tasks.remove_stale_exports": {"queue": "default"},
+    "worker.tasks.quantize_version": {"queue": "default"},
 }
 CELERY_BEAT_SCHEDULE = {
     "prune-predictions": {"task": "worker.tasks.prune_predictions", "schedule": 3600.0},
