@@ -656,7 +656,8 @@ def training_job_succeed(
     ``staged_dir`` is the exported version directory (complete, written atomically by
     ``classifier.export``) on the same filesystem; it is renamed to
     ``models/<project>/v<N>``. When the job is no longer running (cancelled or reclaimed
-    meanwhile) nothing is created and the staged files are removed.
+    meanwhile) nothing is created and the staged files are removed. With ``GRAFT_INT8``
+    on, the new version's int8 quantization is enqueued once the version is committed.
     """
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().select_related("project").get(pk=job_id)
@@ -684,7 +685,7 @@ def training_job_succeed(
                 dataset_fingerprint=result.get("fingerprint", ""),
                 directory=relative,
                 files=files,
-                size_bytes=sum(p.stat().st_size for p in final.iterdir() if p.is_file()),
+                size_bytes=_folder_bytes(final),
                 class_names=result.get("class_names", []),
                 image_size=job.config.get("image_size", 224),
                 config=job.config,
@@ -709,10 +710,160 @@ def training_job_succeed(
                     user=job.created_by,
                     note="first version" if first else f"activated on success of job {job.pk}",
                 )
+            if settings.GRAFT_INT8:
+                transaction.on_commit(partial(_enqueue_quantize, version.pk))
         except BaseException:
             os.rename(final, staged_dir)
             raise
     return version
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+# --- int8 quantization ------------------------------------------------------------------
+
+
+def _enqueue_quantize(version_id: int, force: bool = False) -> None:
+    from worker.tasks import quantize_version
+
+    quantize_version.apply_async(args=[version_id, force], queue="default")
+
+
+def model_version_enqueue_quantize(*, version: ModelVersion, force: bool = False) -> None:
+    """Quantize ``version`` to int8 in the background (``default`` queue, on commit).
+
+    ``force`` makes a new int8 copy even when the version already has a record.
+
+    Raises:
+        QueueUnavailable: the broker is down, so the task could not be sent.
+    """
+    _check_broker()
+    transaction.on_commit(partial(_enqueue_quantize, version.pk, force))
+
+
+def model_version_quantize(*, version_id: int, force: bool = False) -> ModelVersion | None:
+    """Make the version's int8 copy and record the outcome (the quantize task's body).
+
+    Calibrates on the photos of the dataset the version was trained on
+    (``classifier.quantize``, which writes ``model.int8.tflite`` and the record into the
+    version's ``metadata.json``), then stores the record in ``version.int8`` and the new
+    file list and size, read back from ``metadata.json``: the row then says what serving
+    reads. Idempotent: a version that already has a record is returned unchanged unless
+    ``force``. A version that cannot be quantized (its dataset deleted, its photos gone,
+    damaged files, anything unexpected, a worker that died on every attempt) is never an
+    exception here: the reason is logged and recorded, and the version keeps serving what
+    it served (float32 unless an earlier int8 copy was accepted).
+    Returns ``None`` when the version no longer exists.
+    """
+    version = _int8_claim(version_id=version_id, force=force)
+    if version is None or not version.int8_running:
+        return version
+    try:
+        _int8_quantize(version, force=force)
+    except ClassifierError as exc:
+        log.warning("%s: no int8 copy: %s", version, exc)
+        _int8_record_failure(version, str(exc))
+    except Exception as exc:
+        log.exception("%s: quantization failed unexpectedly", version)
+        _int8_record_failure(
+            version,
+            f"Quantization failed unexpectedly: {type(exc).__name__}: {exc}. "
+            "The worker log has the details.",
+        )
+    version.refresh_from_db()
+    return version
+
+
+def _int8_claim(*, version_id: int, force: bool) -> ModelVersion | None:
+    """Mark the version's record running (one more attempt), unless there is nothing to do.
+
+    The mark keeps the previous record's fields, so pages and the serving cache go on
+    seeing the copy that is on disk. A message redelivered because its worker died (out of
+    memory, say) counts as another attempt; past ``GRAFT_JOB_MAX_ATTEMPTS`` the version gets
+    a failure record instead of yet another try.
+    """
+    with transaction.atomic():
+        version = (
+            ModelVersion.objects.select_for_update()
+            .select_related("project", "dataset")
+            .filter(pk=version_id)
+            .first()
+        )
+        if version is None:
+            return None
+        record = dict(version.int8 or {})
+        running = bool(record.get("running"))
+        if record and not running and not force:
+            return version
+        attempts = int(record.get("attempts", 0)) + 1 if running else 1
+        if attempts > settings.GRAFT_JOB_MAX_ATTEMPTS:
+            log.warning("%s: the int8 quantization died on every attempt", version)
+            _int8_record_failure(
+                version,
+                f"The worker stopped while quantizing this version on each of its "
+                f"{attempts - 1} attempts (check the worker machines' memory and logs).",
+            )
+        else:
+            record.update(running=True, attempts=attempts, started_at=timezone.now().isoformat())
+            ModelVersion.objects.filter(pk=version.pk).update(int8=record)
+    version.refresh_from_db()
+    return version
+
+
+def _int8_quantize(version: ModelVersion, *, force: bool) -> None:
+    from classifier.quantize import quantize_version
+
+    if version.dataset is None:
+        raise DatasetError(
+            "The dataset this version was trained on has been deleted, so there are no "
+            "photos to calibrate an int8 copy with."
+        )
+    record = quantize_version(version.path, version.dataset.path, force=force)
+    metadata = _int8_metadata(version)
+    if metadata is None:
+        raise ClassifierError(f"{version.path / 'metadata.json'} cannot be read back.")
+    files = metadata.get("files")
+    stored = _int8_on_disk(metadata) or record
+    ModelVersion.objects.filter(pk=version.pk).update(
+        int8=stored,
+        files=files if isinstance(files, dict) else version.files,
+        size_bytes=_folder_bytes(version.path),
+    )
+    log.info("%s: int8 %s", version, "accepted" if stored.get("accepted") else "not accepted")
+
+
+def _int8_record_failure(version: ModelVersion, reason: str) -> None:
+    """Record why no int8 copy was made. A record still on disk (a forced re-run failed)
+    is kept, since serving reads that one, with the failure beside it."""
+    metadata = _int8_metadata(version)
+    current = _int8_on_disk(metadata) if metadata is not None else None
+    if current is not None:
+        record = {**current, "last_error": reason}
+    else:
+        record = {
+            "accepted": False,
+            "file": None,
+            "failed": True,
+            "reason": reason,
+            "created_at": timezone.now().isoformat(timespec="seconds"),
+        }
+    ModelVersion.objects.filter(pk=version.pk).update(int8=record)
+
+
+def _int8_metadata(version: ModelVersion) -> dict[str, Any] | None:
+    try:
+        metadata = json.loads((version.path / "metadata.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
+def _int8_on_disk(metadata: dict[str, Any]) -> dict[str, Any] | None:
+    from classifier.serving import int8_record
+
+    return int8_record(metadata)
 
 
 def training_jobs_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:

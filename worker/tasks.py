@@ -1,9 +1,10 @@
 """Celery tasks. Arguments are ids; rows are the source of truth.
 
 Task bodies are short: claim the row, call ``classifier``, persist through
-``webapp.services``. TensorFlow is imported inside ``train_job`` and
-``remove_stale_exports`` only, so importing this module (to enqueue) stays light, and the
-worker's parent process never loads it before forking its children.
+``webapp.services``. TensorFlow is imported inside ``train_job``, ``quantize_version``
+(through ``services.model_version_quantize``) and ``remove_stale_exports`` only, so
+importing this module (to enqueue) stays light, and the worker's parent process never
+loads it before forking its children.
 """
 
 from __future__ import annotations
@@ -220,6 +221,22 @@ def train_job(self: Any, job_id: int) -> str:
         shutil.rmtree(staged, ignore_errors=True)
     shutil.rmtree(checkpoints, ignore_errors=True)
     return outcome
+
+
+@shared_task(name="worker.tasks.quantize_version", acks_late=True, reject_on_worker_lost=True)
+def quantize_version(version_id: int, force: bool = False) -> str:
+    """Make a version's int8 copy (``GRAFT_INT8``) and record whether it was accepted.
+
+    A redelivered message finds the record and does nothing (unless ``force``); a version
+    that cannot be quantized gets a record saying why instead of a retry.
+    """
+    version = services.model_version_quantize(version_id=version_id, force=force)
+    if version is None:
+        return "skipped: the version no longer exists"
+    record = version.int8
+    if record.get("accepted"):
+        return f"{version}: int8 accepted"
+    return f"{version}: int8 not accepted: {record.get('reason', '')}"
 
 
 @shared_task(name="worker.tasks.reconcile_jobs")
