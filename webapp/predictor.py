@@ -6,11 +6,16 @@ answers it), and compares the answer with the version this process has loaded. W
 admin activates another version, the next request in every process sees the new id, loads
 that version once and swaps it in; no restart, no signal between processes.
 
-A request takes one immutable :class:`ServedVersion` (version id, number, predictor) and
-uses it throughout, so an answer never mixes two versions. Loading happens under a
-per-project lock only: requests for other projects, and requests that already hold a
-version, never wait for a load. Only ``classifier.serving`` is imported (LiteRT, no
-TensorFlow), which keeps the web process small.
+With ``GRAFT_INT8`` on, a version whose int8 copy was accepted is served by that copy. The
+same question fetches the version's int8 record too: when a quantization finishes after
+the version was activated (the record changes), the next request loads the version again,
+now in int8, the same way.
+
+A request takes one immutable :class:`ServedVersion` (version id, number, int8 stamp,
+predictor) and uses it throughout, so an answer never mixes two versions or two models.
+Loading happens under a per-project lock only: requests for other projects, and requests
+that already hold a version, never wait for a load. Only ``classifier.serving`` is
+imported (LiteRT, no TensorFlow), which keeps the web process small.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ class ServedVersion:
     number: int
     activated_at: datetime | None
     predictor: Predictor
+    # The int8 record it was loaded with ("" when int8 is off or there is none): when the
+    # row's differs, the version is loaded again.
+    int8_stamp: str = ""
 
 
 class PredictorCache:
@@ -62,30 +70,39 @@ class PredictorCache:
         """
         row = (
             ModelVersion.objects.filter(project_id=project_id, is_active=True)
-            .values_list("pk", "number", "activated_at", "directory")
+            .values_list("pk", "number", "activated_at", "directory", "int8")
             .first()
         )
         if row is None:
             return None
-        version_id, number, activated_at, directory = row
+        version_id, number, activated_at, directory, int8 = row
+        prefer_int8 = settings.GRAFT_INT8
+        stamp = _int8_stamp(int8) if prefer_int8 else ""
         served = self._served.get(project_id)
-        if served is not None and served.version_id == version_id:
+        if _is_current(served, version_id, stamp):
             return served
         with self._lock_for(project_id):
             served = self._served.get(project_id)
-            if served is not None and served.version_id == version_id:
+            if _is_current(served, version_id, stamp):
                 return served
             loaded = ServedVersion(
                 version_id=version_id,
                 number=number,
                 activated_at=activated_at,
-                predictor=self._load(Path(settings.GRAFT_DATA_DIR) / directory),
+                predictor=self._load(Path(settings.GRAFT_DATA_DIR) / directory, prefer_int8),
+                int8_stamp=stamp,
             )
-            # A request that read the active row before a later activation may arrive
-            # here after the newer version was stored: answer it, but keep the newer one.
+            # A request that read the active row before a later activation (or a newer
+            # int8 record) may arrive here after the newer one was stored: answer it, but
+            # keep the newer one.
             if served is None or _is_newer(loaded, served):
                 self._served[project_id] = loaded
-            logger.info("Serving version %s of project %s", number, project_id)
+            logger.info(
+                "Serving version %s of project %s (%s)",
+                number,
+                project_id,
+                loaded.predictor.precision,
+            )
             return loaded
 
     def clear(self) -> None:
@@ -93,15 +110,36 @@ class PredictorCache:
         with self._locks_guard:
             self._served.clear()
 
-    def _load(self, path: Path) -> Predictor:
-        return Predictor.load(path, num_threads=self._num_threads)
+    def _load(self, path: Path, prefer_int8: bool) -> Predictor:
+        return Predictor.load(path, num_threads=self._num_threads, prefer_int8=prefer_int8)
 
     def _lock_for(self, project_id: int) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(project_id, threading.Lock())
 
 
+def _int8_stamp(record: dict | None) -> str:
+    """What identifies an int8 record: when it was made (it sorts by that), whether it was
+    accepted, and its file's checksum."""
+    if not record:
+        return ""
+    return "/".join(
+        str(part)
+        for part in (
+            record.get("created_at", ""),
+            bool(record.get("accepted")),
+            record.get("sha256"),
+        )
+    )
+
+
+def _is_current(served: ServedVersion | None, version_id: int, stamp: str) -> bool:
+    return served is not None and served.version_id == version_id and served.int8_stamp == stamp
+
+
 def _is_newer(candidate: ServedVersion, current: ServedVersion) -> bool:
+    if candidate.version_id == current.version_id and candidate.int8_stamp and current.int8_stamp:
+        return candidate.int8_stamp >= current.int8_stamp
     if candidate.activated_at is None or current.activated_at is None:
         return True
     return candidate.activated_at >= current.activated_at

@@ -1061,6 +1061,7 @@ def prediction_create(
         label=top[0]["label"],
         confidence=top[0]["confidence"],
         latency_ms=latency_ms,
+        precision=served.predictor.precision,
         source=source,
         user=user if user is not None and user.is_authenticated else None,
     )
@@ -1296,7 +1297,7 @@ def batch_run(*, batch_id: int) -> BatchClassification | None:
     try:
         if batch.version is None:
             raise ClassifierError("The version this batch was started with has been deleted.")
-        predictor = Predictor.load(batch.version.path)
+        predictor = Predictor.load(batch.version.path, prefer_int8=settings.GRAFT_INT8)
         with _BatchResults(batch) as results:
             for chunk in _chunks(_batch_inputs(batch.path), BATCH_CHUNK):
                 if _batch_running(batch).filter(cancel_requested=True).exists():
@@ -1638,6 +1639,7 @@ def _classify_chunk(
                 label=row["label"],
                 confidence=row["confidence"],
                 latency_ms=latency_ms,
+                precision=predictor.precision,
                 source=Prediction.Source.BATCH,
                 user_id=batch.created_by_id,
                 batch_id=batch.pk,

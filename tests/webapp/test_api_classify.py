@@ -38,6 +38,7 @@ def test_it_classifies_a_photo_with_the_active_version(served_project, viewer_ap
     assert confidences == sorted(confidences, reverse=True)
     assert sum(confidences) == pytest.approx(1.0, abs=1e-4)
     assert body["latency_ms"] >= 0
+    assert body["precision"] == "float32"  # int8 serving is opt-in (GRAFT_INT8)
 
 
 def test_it_logs_the_prediction_with_the_photo_hash_only(served_project, viewer_api, viewer):
@@ -52,6 +53,7 @@ def test_it_logs_the_prediction_with_the_photo_hash_only(served_project, viewer_
     assert prediction.version_number == 1
     assert prediction.image_sha256 == hashlib.sha256(photo).hexdigest()
     assert prediction.label == body["predictions"][0]["label"]
+    assert prediction.precision == body["precision"] == "float32"
     assert not prediction.image
 
 

@@ -56,6 +56,7 @@ def test_it_lists_versions_newest_first(served_project, viewer_api):
 
     versions = response.json()["results"]
     assert [(v["number"], v["is_active"]) for v in versions] == [(2, False), (1, True)]
+    assert [v["int8"] for v in versions] == [{}, {}]  # no int8 record yet
     assert viewer_api.get("/api/v1/projects/flowers/versions/2").json()["class_names"] == [
         "ant",
         "bee",

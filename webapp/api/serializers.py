@@ -123,6 +123,7 @@ class VersionSerializer(serializers.ModelSerializer):
             "metrics",
             "val_accuracy",
             "val_loss",
+            "int8",
             "size_bytes",
             "is_active",
             "activated_at",
@@ -145,6 +146,11 @@ class ClassifyResponseSerializer(serializers.Serializer):
     version = serializers.IntegerField(help_text="Number of the version that answered.")
     predictions = LabelConfidenceSerializer(many=True)
     latency_ms = serializers.FloatField(help_text="Decoding plus inference, in ms.")
+    precision = serializers.ChoiceField(
+        choices=Prediction.Precision.choices,
+        help_text="Which of the version's models answered: float32, or its accepted int8 copy "
+        "(GRAFT_INT8).",
+    )
 
     @staticmethod
     def of(prediction: Prediction) -> dict:
@@ -153,6 +159,7 @@ class ClassifyResponseSerializer(serializers.Serializer):
             "version": prediction.version_number,
             "predictions": prediction.top,
             "latency_ms": round(prediction.latency_ms, 3),
+            "precision": prediction.precision,
         }
 
 
