@@ -105,7 +105,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_display = ["__str__", "project", "number", "is_active", "val_accuracy", "created_at"]
     list_filter = ["is_active", "project"]
     search_fields = ["project__name", "notes", "dataset_fingerprint"]
-    actions = ["activate_selected"]
+    actions = ["activate_selected", "quantize_selected"]
     readonly_fields = [
         "project",
         "number",
@@ -121,6 +121,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "metrics",
         "val_accuracy",
         "val_loss",
+        "int8",
         "is_active",
         "activated_at",
         "created_at",
@@ -133,6 +134,24 @@ class ModelVersionAdmin(admin.ModelAdmin):
             return
         version = services.model_version_activate(version=queryset.get(), user=request.user)
         self.message_user(request, f"{version} is now active.", messages.SUCCESS)
+
+    @admin.action(description="Quantize to int8 (background)", permissions=["activate"])
+    def quantize_selected(self, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+        """Make a new int8 copy of each selected version, even those that have one."""
+        versions = list(queryset.select_related("project"))
+        try:
+            for version in versions:
+                services.model_version_enqueue_quantize(version=version, force=True)
+        except services.QueueUnavailable as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        names = ", ".join(str(version) for version in versions)
+        self.message_user(
+            request,
+            f"Quantizing {names} to int8 in the background; the record appears on the "
+            "version when it is done.",
+            messages.SUCCESS,
+        )
 
     def has_activate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("webapp.manage_versions")

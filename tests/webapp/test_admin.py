@@ -117,3 +117,87 @@ def test_it_offers_no_delete_for_a_running_batch(admin_client, rows):
     assert admin_client.post(url, {"post": "yes"}).status_code == 403
     assert BatchClassification.objects.filter(pk=batch.pk).exists()
     assert batch.path.exists()
+
+
+@pytest.fixture
+def sent_quantize(monkeypatch) -> list[list]:
+    """Arguments of the quantize messages sent (instead of sending them; no broker)."""
+    from webapp import services
+    from worker import tasks
+
+    sent: list[list] = []
+    monkeypatch.setattr(services, "_check_broker", lambda: None)
+    monkeypatch.setattr(
+        tasks.quantize_version,
+        "apply_async",
+        lambda args=None, queue=None, **options: sent.append([*args, queue]),
+    )
+    return sent
+
+
+def test_it_quantizes_versions_from_the_admin_action(
+    admin_client, rows, sent_quantize, django_capture_on_commit_callbacks
+):
+    version = rows["modelversion"]
+    url = reverse("admin:webapp_modelversion_changelist")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            url, {"action": "quantize_selected", "_selected_action": [version.pk]}, follow=True
+        )
+
+    assert sent_quantize == [[version.pk, True, "default"]]  # forced, on the default queue
+    assert "Quantizing flowers v1 to int8 in the background" in response.content.decode()
+
+
+def test_it_says_when_the_queue_is_down_and_sends_nothing(
+    admin_client, rows, sent_quantize, monkeypatch, django_capture_on_commit_callbacks
+):
+    from webapp import services
+
+    def down() -> None:
+        raise services.QueueUnavailable("The job queue is unavailable: refused.")
+
+    monkeypatch.setattr(services, "_check_broker", down)
+    url = reverse("admin:webapp_modelversion_changelist")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            url,
+            {"action": "quantize_selected", "_selected_action": [rows["modelversion"].pk]},
+            follow=True,
+        )
+
+    assert sent_quantize == []
+    assert "The job queue is unavailable" in response.content.decode()
+
+
+def test_it_offers_quantizing_only_to_version_managers(trainer, rows):
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    trainer.is_staff = True
+    trainer.save()
+    trainer.user_permissions.add(Permission.objects.get(codename="view_modelversion"))
+    client = Client()
+    client.force_login(trainer)
+
+    response = client.get(reverse("admin:webapp_modelversion_changelist"))
+
+    assert response.status_code == 200
+    assert "quantize_selected" not in response.content.decode()
+
+
+def test_it_shows_the_int8_record_read_only(admin_client, rows):
+    version = rows["modelversion"]
+    ModelVersion.objects.filter(pk=version.pk).update(int8={"accepted": True, "agreement": 0.97})
+    url = reverse("admin:webapp_modelversion_change", args=[version.pk])
+
+    response = admin_client.post(url, {"notes": "checked", "int8": "{}"})
+    page = admin_client.get(url).content.decode()
+
+    assert response.status_code == 302
+    version.refresh_from_db()
+    assert version.int8 == {"accepted": True, "agreement": 0.97}
+    assert version.notes == "checked"
+    assert "agreement" in page and 'name="int8"' not in page
