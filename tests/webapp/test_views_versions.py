@@ -68,6 +68,67 @@ def test_it_shows_metrics_heat_map_mistakes_lineage_and_downloads(viewer_client,
     assert "Activated" in content  # the activation log
 
 
+def test_it_shows_the_int8_record_and_whether_it_is_served(viewer_client, versions, settings):
+    from tests.int8 import int8_record
+
+    settings.GRAFT_INT8 = True
+    ModelVersion.objects.filter(pk=versions[0].pk).update(int8=int8_record())
+
+    content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
+
+    assert 'id="int8-status">accepted' in content
+    assert "int8 <strong>0.895</strong> vs float32 0.900" in content
+    assert "drop 0.005, allowed 0.010" in content
+    assert "0.980" in content  # top-1 agreement
+    assert "100 for calibration, 60 for validation" in content
+    assert "int8 accuracy is within 0.01 of float32." in content
+    assert "int8 (GRAFT_INT8 is on and the int8 copy was accepted)" in content
+    assert reverse("version_download", args=["pets", 1, "model.int8.tflite"]) in content
+
+
+def test_it_shows_a_refused_int8_copy_as_not_served(viewer_client, versions, settings):
+    from tests.int8 import int8_record
+
+    settings.GRAFT_INT8 = True
+    ModelVersion.objects.filter(pk=versions[0].pk).update(int8=int8_record(accepted=False))
+
+    content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
+
+    assert 'id="int8-status">not accepted' in content
+    assert "int8 accuracy dropped by 0.05" in content
+    assert "float32 (no accepted int8 copy)" in content
+
+
+def test_it_says_int8_is_off_for_an_accepted_copy(viewer_client, versions, settings):
+    from tests.int8 import int8_record
+
+    settings.GRAFT_INT8 = False
+    ModelVersion.objects.filter(pk=versions[0].pk).update(int8=int8_record())
+
+    content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
+
+    assert "float32 (GRAFT_INT8 is off)" in content
+
+
+def test_it_shows_why_no_int8_copy_was_made(viewer_client, versions):
+    reason = "The version's photos are not in /data."
+    ModelVersion.objects.filter(pk=versions[0].pk).update(
+        int8={"accepted": False, "file": None, "failed": True, "reason": reason}
+    )
+
+    content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
+
+    assert 'id="int8-status">not made' in content
+    assert "The version&#x27;s photos are not in /data." in content
+    assert "vs float32" not in content
+
+
+def test_it_shows_nothing_about_int8_without_a_record(viewer_client, versions):
+    content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
+
+    assert 'id="int8"' not in content
+
+
 def test_it_lists_versions_per_project(viewer_client, versions):
     content = viewer_client.get(reverse("project_detail", args=["pets"])).content.decode()
     assert versions[1].get_absolute_url() in content
