@@ -158,7 +158,11 @@ def convert_to_tflite(
     ``(1, S, S, 3)`` float32 0-255 batches of representative photos), the model is
     quantized to full integer (int8 weights and activations, every builtin op in int8)
     while its input and output stay float32, so callers feed it the same pixels and read
-    the same probabilities (see ``classifier.quantize``).
+    the same probabilities (see ``classifier.quantize``). A quantized model takes one photo
+    per call (a fixed batch of 1; ``LiteRTRunner`` runs larger batches photo by photo): with
+    a dynamic batch and per-channel int8 weights, XNNPACK in ai-edge-litert 1.x aborts the
+    process (``double free``) when it prepares some small models, which no caller could
+    catch; one photo per call is also XNNPACK's fastest way through MobileNetV2.
 
     Works for any single-input Keras 3 model with a known input shape (the whole classifier
     or a bare trunk+pooling feature extractor). The batch dimension stays dynamic, so LiteRT
@@ -169,7 +173,7 @@ def convert_to_tflite(
     freezing its variables into constants converts the same graph, with identical outputs,
     in ~4.5 s; this runs at the end of every training job, so it matters.
     """
-    spec = _input_spec(model)
+    spec = _input_spec(model, batch=1 if calibration is not None else None)
     try:
         from tensorflow.python.framework.convert_to_constants import (
             convert_variables_to_constants_v2,
@@ -322,14 +326,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _input_spec(model: keras.Model) -> tf.TensorSpec:
+def _input_spec(model: keras.Model, batch: int | None = None) -> tf.TensorSpec:
     inputs = getattr(model, "inputs", None)
     if not inputs or len(inputs) != 1:
         raise ValueError("convert_to_tflite needs a built model with exactly one input.")
     shape = tuple(inputs[0].shape)
     if any(dim is None for dim in shape[1:]):
         raise ValueError(f"convert_to_tflite needs a fixed image size; the input is {shape}.")
-    return tf.TensorSpec((None, *shape[1:]), tf.float32, name="images")
+    return tf.TensorSpec((batch, *shape[1:]), tf.float32, name="images")
 
 
 def _convert_via_saved_model(model: keras.Model, spec: tf.TensorSpec) -> bytes:

@@ -21,6 +21,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -37,7 +40,6 @@ from classifier.serving import (
     METADATA,
     MODEL_INT8,
     MODEL_KERAS,
-    LiteRTRunner,
     Predictor,
     int8_record,
     sha256_file,
@@ -47,6 +49,7 @@ CALIBRATION_IMAGES = 100
 VALIDATION_IMAGES = 300
 MAX_ACCURACY_DROP = 0.01
 SEED = 0
+CHILD_TIMEOUT_S = 600
 
 
 def quantize_version(
@@ -99,25 +102,39 @@ def quantize_version(
                 f"read from {data_dir}; quantization needs the photos it was trained on."
             )
         content = _convert(version_dir, [pixels for pixels, _ in calibration_pixels])
-        batch = np.stack([pixels for pixels, _ in validation_pixels]).astype(np.float32)
+        batch = np.stack([pixels for pixels, _ in validation_pixels])
         truth = np.array([label for _, label in validation_pixels])
-        float_top = np.argmax(float_predictor.predict_array(batch), axis=1)
-        int8_top = np.argmax(_run(LiteRTRunner(content), batch), axis=1)
+        float_top = np.argmax(_run(float_predictor.predict_array, batch), axis=1)
         float_accuracy = float(np.mean(float_top == truth))
-        int8_accuracy = float(np.mean(int8_top == truth))
-        accepted = int8_accuracy >= float_accuracy - max_accuracy_drop - 1e-12
+        int8_probs, failure = _run_in_child(content, batch)
         record: dict[str, Any] = {
-            "accepted": bool(accepted),
-            "file": MODEL_INT8 if accepted else None,
+            "accepted": False,
+            "file": None,
             "float32_accuracy": float_accuracy,
-            "int8_accuracy": int8_accuracy,
-            "agreement": float(np.mean(float_top == int8_top)),
+            "int8_accuracy": None,
+            "agreement": None,
             "calibration_images": len(calibration_pixels),
             "validation_images": len(validation_pixels),
             "skipped_images": len(skipped),
             "max_accuracy_drop": max_accuracy_drop,
-            "reason": _reason(accepted, float_accuracy, int8_accuracy, max_accuracy_drop),
         }
+        if int8_probs is None:
+            record["reason"] = (
+                f"Not accepted: LiteRT could not run the int8 model ({failure}); the float32 "
+                "model keeps serving."
+            )
+        else:
+            int8_top = np.argmax(int8_probs, axis=1)
+            int8_accuracy = float(np.mean(int8_top == truth))
+            accepted = int8_accuracy >= float_accuracy - max_accuracy_drop - 1e-12
+            record.update(
+                accepted=bool(accepted),
+                file=MODEL_INT8 if accepted else None,
+                int8_accuracy=int8_accuracy,
+                agreement=float(np.mean(float_top == int8_top)),
+                reason=_reason(accepted, float_accuracy, int8_accuracy, max_accuracy_drop),
+            )
+        accepted = record["accepted"]
         files = dict(metadata["files"])
         files.pop(MODEL_INT8, None)
         if accepted:
@@ -189,8 +206,50 @@ def _convert(version_dir: Path, calibration: list[np.ndarray]) -> bytes:
         return convert_to_tflite(model, calibration=photos)
 
 
-def _run(runner: LiteRTRunner, batch: np.ndarray) -> np.ndarray:
-    return np.concatenate([runner.run(batch[i : i + 32]) for i in range(0, len(batch), 32)])
+def _run(predict: Any, batch: np.ndarray) -> np.ndarray:
+    return np.concatenate([predict(batch[i : i + 32]) for i in range(0, len(batch), 32)])
+
+
+# Runs the int8 model where a crash cannot take the caller down (see _run_in_child).
+_CHILD = """
+import sys
+import numpy as np
+from classifier.serving import LiteRTRunner
+runner = LiteRTRunner(open(sys.argv[1], "rb").read())
+np.save(sys.argv[3], runner.run(np.load(sys.argv[2])))
+"""
+
+
+def _run_in_child(content: bytes, batch: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The int8 model's probabilities for ``batch``, computed in a child process.
+
+    XNNPACK has aborted the whole process (``double free``) while preparing some int8
+    models calibrated on near-uniform photos; in a worker or a web process that is a crash
+    no ``except`` can catch. The model is therefore first run here, in a throwaway
+    process, by the same LiteRT and CPU that will serve it; one that does not run is
+    recorded as not accepted and never reaches a web process.
+    """
+    with tempfile.TemporaryDirectory(prefix="graft-int8-") as tmp:
+        model, pixels, output = (Path(tmp) / name for name in ("m.tflite", "x.npy", "y.npy"))
+        model.write_bytes(content)
+        np.save(pixels, batch)
+        package_root = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        try:
+            child = subprocess.run(
+                [sys.executable, "-c", _CHILD, str(model), str(pixels), str(output)],
+                env={**os.environ, "PYTHONPATH": path},
+                capture_output=True,
+                timeout=CHILD_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            return None, f"no answer in {CHILD_TIMEOUT_S} s"
+        if child.returncode != 0:
+            if child.returncode < 0:
+                return None, f"it crashed with {signal.Signals(-child.returncode).name}"
+            last = child.stderr.decode(errors="replace").strip().splitlines()[-1:]
+            return None, f"exit status {child.returncode}: {last[0] if last else 'no message'}"
+        return np.load(output), ""
 
 
 def _reason(accepted: bool, float_accuracy: float, int8_accuracy: float, drop: float) -> str:

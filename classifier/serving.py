@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -29,6 +30,8 @@ MODEL_INT8 = "model.int8.tflite"
 LABELS = "labels.json"
 METADATA = "metadata.json"
 PREDICT_MANY_CHUNK = 32
+
+log = logging.getLogger(__name__)
 
 
 class LiteRTRunner:
@@ -59,6 +62,9 @@ class LiteRTRunner:
         self.input_shape: tuple[int, ...] = tuple(int(d) for d in signature[1:])
         output_detail = self._interpreter.get_output_details()[0]
         self.output_shape: tuple[int, ...] = tuple(int(d) for d in output_detail["shape"][1:])
+        # A model made for one photo per call (int8, see export.convert_to_tflite) is never
+        # resized: larger batches go through it photo by photo.
+        self.one_at_a_time = int(signature[0]) == 1
         self._batch_shape: tuple[int, ...] | None = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -71,6 +77,8 @@ class LiteRTRunner:
             )
         if batch.shape[0] == 0:
             return np.zeros((0, *self.output_shape), dtype=np.float32)
+        if self.one_at_a_time and batch.shape[0] > 1:
+            return np.concatenate([self.run(batch[i : i + 1]) for i in range(batch.shape[0])])
         with self._lock:
             if batch.shape != self._batch_shape:
                 self._interpreter.resize_tensor_input(self._input_index, list(batch.shape))
@@ -145,10 +153,19 @@ class Predictor:
             )
         files: dict[str, Any] = metadata["files"]
         precision = "int8" if prefer_int8 and int8_accepted(metadata) else "float32"
+        if precision == "int8" and verify and not _intact(version_dir / MODEL_INT8, files):
+            # The int8 copy is optional: a damaged one is never served, the version is.
+            log.warning(
+                "%s does not match its checksum; serving the float32 model. Quantize the "
+                "version again to restore it.",
+                version_dir / MODEL_INT8,
+            )
+            precision = "float32"
         model_file = MODEL_INT8 if precision == "int8" else MODEL_TFLITE
         tflite = _read_bytes(version_dir / model_file)
         if verify:
-            for name in sorted(set(files) | {model_file, LABELS}):
+            unused = {MODEL_INT8} - {model_file}
+            for name in sorted((set(files) | {model_file, LABELS}) - unused):
                 entry = files.get(name)
                 expected = entry.get("sha256") if isinstance(entry, dict) else None
                 if not expected:
@@ -240,6 +257,15 @@ class Predictor:
             raise ValueError("top_k must be at least 1.")
         order = np.argsort(-probs, kind="stable")[:top_k]
         return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
+
+
+def _intact(path: Path, files: dict[str, Any]) -> bool:
+    entry = files.get(path.name)
+    expected = entry.get("sha256") if isinstance(entry, dict) else None
+    try:
+        return bool(expected) and sha256_file(path) == expected
+    except ArtifactError:  # unreadable or gone
+        return False
 
 
 def int8_record(metadata: dict[str, Any]) -> dict[str, Any] | None:

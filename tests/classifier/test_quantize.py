@@ -16,6 +16,7 @@ from classifier.serving import MODEL_INT8, Predictor, int8_accepted
 
 pytest.importorskip("tensorflow")
 
+from classifier import quantize as quantize_module  # noqa: E402
 from classifier.quantize import quantize_version  # noqa: E402
 from classifier.train import train  # noqa: E402
 
@@ -82,14 +83,36 @@ def test_an_accepted_int8_model_is_recorded_checksummed_and_served_on_request(
     assert int8.predict(_photos(data)[0])[0]["label"] in {"a", "b", "c"}
 
 
-def test_a_damaged_int8_model_is_refused(version: Path, data: Path) -> None:
+def test_a_damaged_int8_model_is_never_served_but_the_version_still_is(
+    version: Path, data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     quantize_version(version, data, max_accuracy_drop=1.0, calibration_images=10)
     content = bytearray((version / MODEL_INT8).read_bytes())
     content[len(content) // 2] ^= 0xFF
     (version / MODEL_INT8).write_bytes(bytes(content))
 
-    with pytest.raises(ArtifactError, match="checksum"):
-        Predictor.load(version, prefer_int8=True)
+    assert Predictor.load(version, prefer_int8=True).precision == "float32"
+    assert "does not match its checksum; serving the float32 model" in caplog.text
+    assert Predictor.load(version).precision == "float32"
+    (version / MODEL_INT8).unlink()
+    assert Predictor.load(version, prefer_int8=True).precision == "float32"
+    # A forced run replaces it.
+    quantize_version(version, data, max_accuracy_drop=1.0, calibration_images=10, force=True)
+    assert Predictor.load(version, prefer_int8=True).precision == "int8"
+
+
+def test_a_model_litert_cannot_run_is_recorded_as_not_accepted(
+    version: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child that first runs the int8 model dies as XNNPACK's abort would kill it.
+    monkeypatch.setattr(quantize_module, "_CHILD", "import os, signal\nos.abort()\n")
+
+    record = quantize_version(version, data, calibration_images=10)
+
+    assert record["accepted"] is False and record["int8_accuracy"] is None
+    assert "crashed with SIGABRT" in record["reason"]
+    assert not (version / MODEL_INT8).exists()
+    assert Predictor.load(version, prefer_int8=True).precision == "float32"
 
 
 def test_a_model_that_loses_accuracy_is_recorded_but_never_served(
