@@ -66,7 +66,11 @@ user = User.objects.create_user("bench", password="x")
 project = Project.objects.create(name="Bench", slug="bench")
 os.makedirs(os.path.join(os.environ["GRAFT_DATA_DIR"], "models/bench"), exist_ok=True)
 os.symlink(sys.argv[1], os.path.join(os.environ["GRAFT_DATA_DIR"], "models/bench/v1"))
-version = ModelVersion.objects.create(project=project, number=1, directory="models/bench/v1")
+import json
+metadata = json.load(open(os.path.join(sys.argv[1], "metadata.json")))
+version = ModelVersion.objects.create(
+    project=project, number=1, directory="models/bench/v1", int8=metadata.get("int8") or {}
+)
 model_version_activate(version=version)
 print(Token.objects.create(user=user).key)
 """
