@@ -19,7 +19,6 @@ safely: the second waits, then finds everything cached.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -28,7 +27,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +35,9 @@ import keras
 import numpy as np
 
 from classifier.config import TrainConfig
+from classifier.files import atomic_write, locked
 from classifier.model import BACKBONE, weights_identity
-from classifier.pipeline import iter_batches
+from classifier.pipeline import Batch, iter_batches
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def extract_features(
     key = cache_key(config)
     folder = Path(cache_dir) / "features" / key
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock"):
+    with locked(folder / ".lock"):
         known, bad = _load_index(folder)
         first: dict[str, int] = {}
         for position, content_hash in enumerate(content_hashes):
@@ -167,7 +166,7 @@ def trunk_tflite(
     except Exception as exc:  # fall back to TensorFlow rather than fail the job
         log.warning("LiteRT conversion of the trunk failed, extracting with TensorFlow: %s", exc)
         return None
-    _atomic_write(path, content)
+    atomic_write(path, content)
     return path
 
 
@@ -202,7 +201,7 @@ def _extract(
     return features, failures, engine, stats
 
 
-def _batches(root: str | Path, relpaths: list[str], image_size: int) -> Iterator:
+def _batches(root: str | Path, relpaths: list[str], image_size: int) -> Iterator[Batch]:
     return iter_batches(root, relpaths, image_size=image_size, batch_size=EXTRACT_BATCH)
 
 
@@ -281,22 +280,3 @@ def _write_shard(
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(handle.name, folder / f"shard-{name}.npz")
-
-
-def _atomic_write(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -18,7 +18,6 @@ line) and not part of every training job. This module imports TensorFlow.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from classifier.errors import ArtifactError, DatasetError, InvalidImageError
+from classifier.files import atomic_write, locked
 from classifier.serving import (
     METADATA,
     MODEL_INT8,
@@ -102,55 +102,65 @@ def quantize_version(
                 f"read from {data_dir}; quantization needs the photos it was trained on."
             )
         content = _convert(version_dir, [pixels for pixels, _ in calibration_pixels])
-        batch = np.stack([pixels for pixels, _ in validation_pixels])
-        truth = np.array([label for _, label in validation_pixels])
-        float_top = np.argmax(_run(float_predictor.predict_array, batch), axis=1)
-        float_accuracy = float(np.mean(float_top == truth))
-        int8_probs, failure = _run_in_child(content, batch)
-        record: dict[str, Any] = {
-            "accepted": False,
-            "file": None,
-            "float32_accuracy": float_accuracy,
-            "int8_accuracy": None,
-            "agreement": None,
+        record = {
+            **_measure(content, float_predictor, validation_pixels, max_accuracy_drop),
             "calibration_images": len(calibration_pixels),
             "validation_images": len(validation_pixels),
             "skipped_images": len(skipped),
             "max_accuracy_drop": max_accuracy_drop,
         }
-        if int8_probs is None:
-            record["reason"] = (
-                f"Not accepted: LiteRT could not run the int8 model ({failure}); the float32 "
-                "model keeps serving."
-            )
-        else:
-            int8_top = np.argmax(int8_probs, axis=1)
-            int8_accuracy = float(np.mean(int8_top == truth))
-            accepted = int8_accuracy >= float_accuracy - max_accuracy_drop - 1e-12
-            record.update(
-                accepted=bool(accepted),
-                file=MODEL_INT8 if accepted else None,
-                int8_accuracy=int8_accuracy,
-                agreement=float(np.mean(float_top == int8_top)),
-                reason=_reason(accepted, float_accuracy, int8_accuracy, max_accuracy_drop),
-            )
         accepted = record["accepted"]
         files = dict(metadata["files"])
         files.pop(MODEL_INT8, None)
         if accepted:
-            _atomic_write(version_dir / MODEL_INT8, content)
+            _write(version_dir / MODEL_INT8, content)
             digest = sha256_file(version_dir / MODEL_INT8)
             files[MODEL_INT8] = {"sha256": digest, "bytes": len(content)}
             record.update(sha256=digest, bytes=len(content))
         record["seconds"] = round(time.perf_counter() - started, 3)
         record["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         updated = {**metadata, "files": files, "int8": record}
-        _atomic_write(
+        _write(
             version_dir / METADATA, (json.dumps(updated, indent=2, allow_nan=False) + "\n").encode()
         )
         if not accepted:
             (version_dir / MODEL_INT8).unlink(missing_ok=True)
         return record
+
+
+def _measure(
+    content: bytes,
+    float_predictor: Predictor,
+    validation: list[tuple[np.ndarray, int]],
+    max_accuracy_drop: float,
+) -> dict[str, Any]:
+    """Both models' accuracy on the validation photos, their agreement, and the verdict."""
+    batch = np.stack([pixels for pixels, _ in validation])
+    truth = np.array([label for _, label in validation])
+    float_top = np.argmax(_run(float_predictor.predict_array, batch), axis=1)
+    float_accuracy = float(np.mean(float_top == truth))
+    int8_probs, failure = _run_in_child(content, batch)
+    if int8_probs is None:
+        return {
+            "accepted": False,
+            "file": None,
+            "float32_accuracy": float_accuracy,
+            "int8_accuracy": None,
+            "agreement": None,
+            "reason": f"Not accepted: LiteRT could not run the int8 model ({failure}); the "
+            "float32 model keeps serving.",
+        }
+    int8_top = np.argmax(int8_probs, axis=1)
+    int8_accuracy = float(np.mean(int8_top == truth))
+    accepted = int8_accuracy >= float_accuracy - max_accuracy_drop - 1e-12
+    return {
+        "accepted": bool(accepted),
+        "file": MODEL_INT8 if accepted else None,
+        "float32_accuracy": float_accuracy,
+        "int8_accuracy": int8_accuracy,
+        "agreement": float(np.mean(float_top == int8_top)),
+        "reason": _reason(accepted, float_accuracy, int8_accuracy, max_accuracy_drop),
+    }
 
 
 def _choose_photos(
@@ -262,30 +272,14 @@ def _reason(accepted: bool, float_accuracy: float, int8_accuracy: float, drop: f
     )
 
 
-def _atomic_write(path: Path, content: bytes) -> None:
-    """Write ``content`` to ``path`` in one rename, with the permissions of the version's files."""
-    mode = (path.parent / METADATA).stat().st_mode & 0o777
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(f.name, mode)
-    os.replace(f.name, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write(path: Path, content: bytes) -> None:
+    """Replace ``path`` in one rename, with the permissions of the version's other files."""
+    atomic_write(path, content, mode=(path.parent / METADATA).stat().st_mode & 0o777)
 
 
 @contextmanager
 def _locked(version_dir: Path) -> Iterator[None]:
     if not version_dir.is_dir():
         raise ArtifactError(f"{version_dir} is not a model version directory.")
-    lock = version_dir.parent / f".{version_dir.name}.quantize.lock"
-    with open(lock, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with locked(version_dir.parent / f".{version_dir.name}.quantize.lock"):
+        yield

@@ -1,0 +1,47 @@
+"""Small file-system helpers shared by the feature cache and quantization: whole files
+replaced in one rename, and an exclusive lock between processes."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def atomic_write(path: Path, content: bytes, *, mode: int | None = None) -> None:
+    """Write ``content`` to ``path`` so that readers see the old file or the new one, whole.
+
+    The bytes go to a temporary file beside ``path`` (same filesystem), are flushed to
+    disk, and the file is renamed over ``path``; the folder is synced so the rename
+    survives a crash. ``mode`` sets the new file's permissions (a temporary file is
+    created 0600).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    ) as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if mode is not None:
+        os.chmod(handle.name, mode)
+    os.replace(handle.name, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
