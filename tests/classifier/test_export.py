@@ -220,6 +220,39 @@ def test_a_head_grafted_onto_a_converted_trunk_computes_the_whole_model() -> Non
     np.testing.assert_allclose(runner.run(pixels[:1]), np.asarray(whole(pixels[:1])), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "layers",
+    [
+        # Written directly: Dense stacks, with or without biases, softmax or linear output.
+        [{"units": 4, "activation": "relu", "use_bias": False}, {"units": 3}],
+        [{"units": 3, "activation": "softmax"}],
+        # Anything else goes through the converter.
+        [{"units": 4, "activation": "tanh"}, {"units": 3, "activation": "softmax"}],
+        [{"units": 4, "activation": "relu"}, "norm", {"units": 3, "activation": "softmax"}],
+    ],
+    ids=["no-bias-linear", "one-softmax", "tanh", "batchnorm"],
+)
+def test_any_head_grafts_to_the_whole_model(layers: list) -> None:
+    trunk, _ = _trunk_and_head()
+    features = keras.Input((8,))
+    y = features
+    for spec in layers:
+        if spec == "norm":
+            y = keras.layers.BatchNormalization()(y)
+        else:
+            y = keras.layers.Dense(bias_initializer="random_normal", **spec)(y)
+    head = keras.Model(features, y)
+    whole = keras.Model(trunk.inputs, head(trunk.outputs[0]))
+    pixels = random_pixels(3)
+    written = export._dense_head_model(head)
+
+    grafted = export.graft_tflite(convert_to_tflite(trunk), head)
+
+    assert (written is None) == (layers[0].get("activation") == "tanh" or "norm" in layers)
+    got = LiteRTRunner(grafted, num_threads=1).run(pixels)
+    np.testing.assert_allclose(got, np.asarray(whole(pixels)), atol=1e-5)
+
+
 def test_it_refuses_to_graft_a_head_that_does_not_fit_the_trunk() -> None:
     trunk, head = _trunk_and_head(feature_dim=8, head_input=6)
 
