@@ -17,7 +17,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -810,6 +810,53 @@ def _int8_claim(*, version_id: int, force: bool) -> ModelVersion | None:
             ModelVersion.objects.filter(pk=version.pk).update(int8=record)
     version.refresh_from_db()
     return version
+
+
+# A quantization takes seconds to a minute; one marked running for this long lost its worker.
+INT8_STALE_SECONDS = 1800
+
+
+def int8_quantizations_reconcile(*, now: datetime | None = None) -> list[int]:
+    """Re-enqueue the quantizations whose worker died; returns the versions' ids.
+
+    A version whose record has been marked running for over ``INT8_STALE_SECONDS`` (and
+    was not re-enqueued within that time) gets a new task: its claim counts one more
+    attempt, so a quantization that kills its worker every time ends, after
+    ``GRAFT_JOB_MAX_ATTEMPTS``, in a record saying so instead of a loop. A late duplicate
+    of the original message is harmless: quantization is idempotent and serialised per
+    version.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=INT8_STALE_SECONDS)
+    requeued: list[int] = []
+    for pk in ModelVersion.objects.filter(int8__running=True).values_list("pk", flat=True):
+        with transaction.atomic():
+            version = ModelVersion.objects.select_for_update().filter(pk=pk).first()
+            record = dict(version.int8 or {}) if version is not None else {}
+            if not record.get("running"):
+                continue
+            last = max(
+                filter(None, (_parse_time(record.get(k)) for k in ("started_at", "requeued_at"))),
+                default=None,
+            )
+            if last is not None and last > cutoff:
+                continue
+            record["requeued_at"] = now.isoformat()
+            ModelVersion.objects.filter(pk=pk).update(int8=record)
+            transaction.on_commit(partial(_enqueue_quantize, pk))
+        log.warning("%s: its int8 quantization lost its worker; enqueued again", version)
+        requeued.append(pk)
+    return requeued
+
+
+def _parse_time(value: Any) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+    if parsed is not None and timezone.is_naive(parsed):
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def _int8_quantize(version: ModelVersion, *, force: bool) -> None:

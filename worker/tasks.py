@@ -241,10 +241,12 @@ def quantize_version(version_id: int, force: bool = False) -> str:
 
 @shared_task(name="worker.tasks.reconcile_jobs")
 def reconcile_jobs() -> dict:
-    """Requeue training jobs and batches whose worker died; re-enqueue what the broker lost."""
+    """Requeue training jobs and batches whose worker died; re-enqueue what the broker lost;
+    re-enqueue int8 quantizations whose worker died."""
     return {
         "training": services.training_jobs_reconcile(),
         "batches": services.batches_reconcile(),
+        "int8": services.int8_quantizations_reconcile(),
     }
 
 

@@ -4,8 +4,10 @@ only), records the int8 outcome once, and never raises into a retry loop."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import pytest
+from django.utils import timezone
 
 from classifier.errors import DatasetError
 from tests.factories import make_dataset, make_job, make_project, make_version
@@ -125,6 +127,49 @@ def test_the_task_skips_a_deleted_version(db, monkeypatch):
     FakeQuantize().install(monkeypatch)
 
     assert tasks.quantize_version(999_999) == "skipped: the version no longer exists"
+
+
+def _running(version: ModelVersion, started: datetime, **fields) -> None:
+    record = {"running": True, "attempts": 1, "started_at": started.isoformat(), **fields}
+    ModelVersion.objects.filter(pk=version.pk).update(int8=record)
+
+
+def test_the_reconcile_re_enqueues_a_quantization_whose_worker_died(
+    version, sent, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    fresh = make_version(version.project, 2, dataset=version.dataset)
+    _running(version, now - timedelta(hours=2))
+    _running(fresh, now - timedelta(minutes=5))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert tasks.reconcile_jobs()["int8"] == [version.pk]
+    assert sent == [{"args": [version.pk, False], "queue": "default"}]
+    version.refresh_from_db()
+    assert version.int8["running"] and version.int8["requeued_at"]
+
+    # Not again while the new message waits in the queue...
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.int8_quantizations_reconcile(now=now + timedelta(minutes=10)) == []
+    # ...but again if that one is lost too (and by then the other one is stale as well).
+    with django_capture_on_commit_callbacks(execute=True):
+        later = services.int8_quantizations_reconcile(now=now + timedelta(hours=1))
+    assert sorted(later) == sorted([version.pk, fresh.pk]) and len(sent) == 3
+
+
+def test_a_re_enqueued_quantization_counts_its_attempts_then_gives_up(
+    version, monkeypatch, settings
+):
+    fake = FakeQuantize().install(monkeypatch)
+    settings.GRAFT_JOB_MAX_ATTEMPTS = 3
+    _running(version, timezone.now() - timedelta(hours=2), attempts=3)
+
+    outcome = tasks.quantize_version(version.pk)
+
+    assert fake.calls == []
+    assert "stopped while quantizing this version on each of its 3 attempts" in outcome
+    version.refresh_from_db()
+    assert version.int8["failed"] is True and not version.int8.get("running")
 
 
 @pytest.mark.slow
