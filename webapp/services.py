@@ -786,7 +786,7 @@ def _int8_claim(*, version_id: int, force: bool) -> ModelVersion | None:
     """
     with transaction.atomic():
         version = (
-            ModelVersion.objects.select_for_update()
+            ModelVersion.objects.select_for_update(of=("self",))
             .select_related("project", "dataset")
             .filter(pk=version_id)
             .first()
