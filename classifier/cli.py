@@ -24,6 +24,7 @@ from classifier.config import TrainConfig
 from classifier.errors import ClassifierError
 
 EXIT_REFUSED = 2
+DEFAULTS = TrainConfig()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,25 +44,27 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a classifier on DATA_DIR/<class>/*")
     train.add_argument("data_dir", type=Path)
     train.add_argument("--out", type=Path, required=True, help="version directory to create")
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--image-size", type=int, default=224)
-    train.add_argument("--alpha", type=float, default=1.0)
+    train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    train.add_argument("--image-size", type=int, default=DEFAULTS.image_size)
+    train.add_argument("--alpha", type=float, default=DEFAULTS.alpha)
     train.add_argument("--weights", default="imagenet", help="imagenet, none or a .h5 path")
     train.add_argument("--build", choices=("functional", "sequential"), default="functional")
     train.add_argument("--head-units", default="1024,512", help="comma-separated Dense sizes")
-    train.add_argument("--dropout", type=float, default=0.2)
+    train.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
     train.add_argument("--fine-tune-layers", type=int, default=0)
     train.add_argument("--fine-tune-epochs", type=int, default=0)
-    train.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
+    train.add_argument(
+        "--fine-tune-learning-rate", type=float, default=DEFAULTS.fine_tune_learning_rate
+    )
     train.add_argument("--augment", action="store_true")
     train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--validation-split", type=float, default=0.2)
+    train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    train.add_argument("--validation-split", type=float, default=DEFAULTS.validation_split)
     train.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
     train.add_argument("--cache-dir", type=Path, default=None)
     train.add_argument("--checkpoint-dir", type=Path, default=None)
-    train.add_argument("--seed", type=int, default=1337)
+    train.add_argument("--seed", type=int, default=DEFAULTS.seed)
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="score a version on a labelled folder")

@@ -29,7 +29,12 @@ class TrainConfig:
     weights: str = "imagenet"
     batch_size: int = 32
     epochs: int = 5
-    learning_rate: float = 1e-3
+    # Adam's rate for the frozen stage. The recipe uses Keras's default, 1e-3; on pooled
+    # ImageNet features a smaller step learns a better head in the same 5 epochs: on the
+    # 600-photo flower sample, mean validation accuracy over 10 seeds (each its own split)
+    # was 0.795 at 1e-3, 0.800 at 5e-4, 0.819 at 3e-4, 0.845 at 2e-4, 0.850 at 1.5e-4 and
+    # 0.847 at 1e-4, with the worst seed at 0.735 against 0.817 (bench/train_bench.py).
+    learning_rate: float = 2e-4
     head_units: tuple[int, ...] = (1024, 512)
     dropout: float = 0.2
     build: str = "functional"
