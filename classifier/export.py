@@ -306,15 +306,16 @@ def _dense_head_model(head: keras.Model) -> Any:
     graph = schema.SubGraphT()
     graph.tensors, graph.operators = [], []
     model.subgraphs = [graph]
-    codes = {}
+    model.operatorCodes = []
+    codes: dict[int, int] = {}
 
     def opcode(builtin: int) -> int:
         if builtin not in codes:
             code = schema.OperatorCodeT()
             code.builtinCode = code.deprecatedBuiltinCode = builtin
             code.version = 1
-            codes[builtin] = len(codes)
-            model.operatorCodes = [*(model.operatorCodes or []), code]
+            codes[builtin] = len(model.operatorCodes)
+            model.operatorCodes.append(code)
         return codes[builtin]
 
     def tensor(name: str, shape: tuple[int, ...], data: np.ndarray | None = None) -> int:

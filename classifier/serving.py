@@ -166,8 +166,7 @@ class Predictor:
         if verify:
             unused = {MODEL_INT8} - {model_file}
             for name in sorted((set(files) | {model_file, LABELS}) - unused):
-                entry = files.get(name)
-                expected = entry.get("sha256") if isinstance(entry, dict) else None
+                expected = _recorded_sha256(files, name)
                 if not expected:
                     raise ArtifactError(f"metadata.json records no checksum for {name}.")
                 actual = (
@@ -259,9 +258,13 @@ class Predictor:
         return [{"label": self.labels[i], "confidence": float(probs[i])} for i in order]
 
 
+def _recorded_sha256(files: dict[str, Any], name: str) -> str | None:
+    entry = files.get(name)
+    return entry.get("sha256") if isinstance(entry, dict) else None
+
+
 def _intact(path: Path, files: dict[str, Any]) -> bool:
-    entry = files.get(path.name)
-    expected = entry.get("sha256") if isinstance(entry, dict) else None
+    expected = _recorded_sha256(files, path.name)
     try:
         return bool(expected) and sha256_file(path) == expected
     except ArtifactError:  # unreadable or gone
