@@ -42,7 +42,8 @@ from classifier.pipeline import Batch, iter_batches
 log = logging.getLogger(__name__)
 
 # 2: photos resized like tf.image.resize (images.resize_like_tensorflow), not Image.resize.
-CACHE_FORMAT = 2
+# 3: that resize computed in float32 and rounded (within 0.5 of tf.image.resize, was 1).
+CACHE_FORMAT = 3
 EXTRACT_BATCH = 32
 INFER_BATCH = 1  # photos per LiteRT call while extracting (see _ParallelTrunk)
 

@@ -11,6 +11,7 @@ No TensorFlow here: the web process imports this module.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import BinaryIO
@@ -98,37 +99,72 @@ def load_image(source: ImageSource, size: int, *, resize: str = RESIZE_TF) -> np
     version is served with the method its metadata records (training always uses
     ``RESIZE_TF``).
     """
+    if resize not in RESIZE_METHODS:
+        raise ValueError(f"Unknown resize method {resize!r}; use one of {RESIZE_METHODS}.")
     image = open_image(source, draft=size)
-    if image.size != (size, size):
-        if resize == RESIZE_TF:
-            image = resize_like_tensorflow(image, size)
-        elif resize == RESIZE_PIL:
-            image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-        else:
-            raise ValueError(f"Unknown resize method {resize!r}; use one of {RESIZE_METHODS}.")
-    return np.asarray(image, dtype=np.uint8)
+    if image.size == (size, size):
+        return np.asarray(image, dtype=np.uint8)
+    if resize == RESIZE_PIL:
+        image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+        return np.asarray(image, dtype=np.uint8)
+    return resize_like_tensorflow(np.asarray(image, dtype=np.uint8), size)
 
 
-def resize_like_tensorflow(image: Image.Image, size: int) -> Image.Image:
-    """Squash ``image`` to ``size`` x ``size`` with plain bilinear sampling, no low-pass filter.
+def resize_like_tensorflow(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Squash ``(height, width, 3)`` uint8 pixels to ``size`` x ``size`` the way TF does it.
 
     This is what the recipe's input pipeline does (``tf.image.resize``, bilinear, half-pixel
     centres, ``antialias=False``): each output pixel interpolates the 2x2 input pixels
-    around its centre. ``Image.resize`` would instead average every input pixel under a
-    widened bilinear kernel when shrinking, a softer picture than the ImageNet trunk gets
-    from TensorFlow, and measurably worse features: on flowers-sample the frozen head's
-    validation accuracy averaged 0.796 on PIL-resized photos against 0.838 on TF-resized
-    ones (same split, three seeds). PIL's affine transform samples output pixel centres at
-    ``(x + 0.5) * scale`` with a bilinear filter, which is TensorFlow's mapping; results
-    agree with ``tf.image.resize`` to within one level of rounding.
+    around its centre, ``(x + 0.5) * scale - 0.5``. ``Image.resize`` would instead average
+    every input pixel under a widened bilinear kernel when shrinking, a softer picture than
+    the ImageNet trunk gets from TensorFlow, and measurably worse features: on
+    flowers-sample the frozen head's validation accuracy averaged 0.796 on PIL-resized
+    photos against 0.838 on TF-resized ones (same split, three seeds).
+
+    Two separable passes in float32 over precomputed tables (rows, then columns of the
+    flattened ``width * 3`` axis), rounded to uint8 at the end: within half a level of
+    ``tf.image.resize``, and ~2.7x faster than PIL's affine transform, which did the same
+    sampling in fixed point (0.54 against 1.47 ms for 320x240 -> 224x224, see
+    ``bench/serve_bench.py``).
     """
-    width, height = image.size
-    return image.transform(
-        (size, size),
-        Image.Transform.AFFINE,
-        (width / size, 0, 0, 0, height / size, 0),
-        resample=Image.Resampling.BILINEAR,
-    )
+    height, width, channels = pixels.shape
+    rows0, rows1, row_weights = _bilinear_table(height, size, 1)
+    cols0, cols1, col_weights = _bilinear_table(width, size, channels)
+    flat = pixels.reshape(height, width * channels)
+    top = flat[rows0].astype(np.float32)
+    bottom = flat[rows1].astype(np.float32)
+    bottom -= top
+    bottom *= row_weights[:, None]
+    top += bottom  # (size, width * channels): the rows, interpolated
+    left = np.take(top, cols0, axis=1)
+    right = np.take(top, cols1, axis=1)
+    right -= left
+    right *= col_weights
+    left += right
+    np.rint(left, out=left)
+    return left.astype(np.uint8).reshape(size, size, channels)
+
+
+@functools.lru_cache(maxsize=64)
+def _bilinear_table(n_in: int, n_out: int, channels: int) -> tuple[np.ndarray, ...]:
+    """Source indices (lower, upper) and weights of the upper one, per output position.
+
+    With ``channels`` > 1 the indices address a flattened ``n_in * channels`` axis, each
+    position repeated for its channels. Read-only: the cached arrays are shared.
+    """
+    centres = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    centres = np.clip(centres, 0, n_in - 1)
+    lower = np.floor(centres).astype(np.intp)
+    upper = np.minimum(lower + 1, n_in - 1)
+    weights = (centres - lower).astype(np.float32)
+    if channels > 1:
+        offsets = np.arange(channels)
+        lower = (lower[:, None] * channels + offsets).ravel()
+        upper = (upper[:, None] * channels + offsets).ravel()
+        weights = np.repeat(weights, channels)
+    for array in (lower, upper, weights):
+        array.flags.writeable = False
+    return lower, upper, weights
 
 
 def _read_bytes(source: bytes | str | Path | BinaryIO) -> bytes:
