@@ -8,6 +8,8 @@ import sys
 from django.conf import settings
 from django.core.wsgi import get_wsgi_application
 
+from classifier import allocator
+
 POSTGRES_DRIVERS = ("psycopg", "psycopg2")
 
 
@@ -32,5 +34,7 @@ def leave_out_unused_postgres_driver() -> bool:
 
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings")
+# Before gunicorn starts this worker's threads; see classifier.allocator.
+allocator.tune()
 leave_out_unused_postgres_driver()
 application = get_wsgi_application()

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from classifier import allocator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +50,7 @@ def test_it_classifies_through_the_web_stack_without_importing_tensorflow(
     tmp_path, tiny_version_dirs
 ):
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS},
         "GRAFT_VAR_DIR": str(tmp_path / "var"),
         "GRAFT_DATA_DIR": str(tmp_path / "data"),
         # Its own database: never the one DATABASE_URL names (CI reruns with PostgreSQL).
@@ -76,6 +79,7 @@ WSGI = """
 import json, os, sys
 os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings"
 from webapp.wsgi import application
+from classifier import allocator
 from django.conf import settings
 import rest_framework.compat
 import webapp.urls
@@ -83,13 +87,14 @@ print(json.dumps({
     "engine": settings.DATABASES["default"]["ENGINE"],
     "psycopg_loaded": sys.modules.get("psycopg") is not None,
     "contrib_postgres": "django.contrib.postgres.fields" in sys.modules,
+    "malloc_tuned": allocator.tune(),
 }))
 """
 
 
 def _wsgi_process(tmp_path, database_url: str) -> dict:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS},
         "GRAFT_VAR_DIR": str(tmp_path / "var"),
         "GRAFT_DATA_DIR": str(tmp_path / "data"),
         "DATABASE_URL": database_url,
@@ -109,6 +114,8 @@ def test_the_web_process_on_sqlite_does_not_load_the_postgres_driver(tmp_path):
     assert result["engine"] == "django.db.backends.sqlite3"
     assert result["psycopg_loaded"] is False
     assert result["contrib_postgres"] is False
+    # The allocator keeps per-photo arrays for reuse (classifier.allocator), on glibc.
+    assert result["malloc_tuned"] is (platform.libc_ver()[0] == "glibc")
 
 
 def test_the_web_process_on_postgres_keeps_the_driver(tmp_path):
