@@ -7,13 +7,15 @@ is 128 KB, and thread arenas are trimmed back after each request): measured on a
 machine, decoding and resizing a 320x240 JPEG in a worker thread took 2.9 ms with glibc's
 defaults and 1.2 ms with these settings.
 
-:func:`tune` keeps blocks under 1 MB in the heap for reuse (fixed mmap threshold) while
-giving back free space above 1 MB at the heap's top (trim threshold), and uses one arena so
-the worker threads reuse the same memory instead of each growing its own. Blocks over 1 MB
-(a large upload's decoded pixels) still go straight back to the kernel. Measured with
-``bench/serve_load.py``-style load (4 clients, 5 rounds of 8 s, the same machine): 106
-against 94 classifications/s, p50 37 against 42 ms, for 3 MB more per web worker (145
-against 142 MB). The web process calls it before gunicorn starts its threads.
+:func:`tune` keeps blocks under 1 MB in the heap for reuse (fixed mmap threshold), gives
+back free space at the heap's top only above 4 MB (trim threshold: a photo's arrays come to
+~3.5 MB, and with a 1 MB threshold they were handed back after every photo, gaining
+nothing), and uses one arena so the worker threads reuse the same memory instead of each
+growing its own. Blocks over 1 MB (a large upload's decoded pixels) still go straight back
+to the kernel. Measured with ``bench/serve_load.py``'s load (4 clients, 5 rounds of 8 s,
+both servers up side by side): 104 against 91 classifications/s, p50 38 against 44 ms,
+for 2-5 MB more per web worker (144-148 against 143 MB). The web process calls it before
+gunicorn starts its threads.
 
 Settings made through the environment (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) win: then nothing is changed. Elsewhere than
@@ -36,7 +38,7 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 MMAP_THRESHOLD = 2**20
-TRIM_THRESHOLD = 2**20
+TRIM_THRESHOLD = 4 * 2**20
 ARENA_MAX = 1
 USER_SETTINGS = (
     "MALLOC_ARENA_MAX",
