@@ -81,6 +81,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
     inlines = [EpochRecordInline]
     readonly_fields = [
         "status",
+        "cancelled_by",
         "phase",
         "epoch",
         "epochs_total",
@@ -219,6 +220,7 @@ class BatchClassificationAdmin(admin.ModelAdmin):
         "version_number",
         "status",
         "cancel_requested",
+        "cancelled_by",
         "directory",
         "total",
         "done",

@@ -135,7 +135,24 @@ class _RunTimes:
         return (end - self.started_at).total_seconds()
 
 
-class TrainingJob(_RunTimes, models.Model):
+class _Cancellable:
+    """For rows a person can cancel (``cancel_requested``, ``cancelled_by``): who did, in words."""
+
+    status: str
+    cancel_requested: bool
+    cancelled_by: AbstractBaseUser | None
+
+    @property
+    def cancelled_by_label(self) -> str:
+        """Who asked to cancel, for the pages: "Cancelled by ann", or "Cancel requested by
+        ann" while it stops (or if it ended otherwise first); "" when nobody or the system did."""
+        if not self.cancel_requested or self.cancelled_by is None:
+            return ""
+        asked = "Cancelled" if self.status == "cancelled" else "Cancel requested"
+        return f"{asked} by {self.cancelled_by.get_username()}"
+
+
+class TrainingJob(_RunTimes, _Cancellable, models.Model):
     """One training run: its config, live progress and outcome."""
 
     class Status(models.TextChoices):
@@ -155,6 +172,14 @@ class TrainingJob(_RunTimes, models.Model):
     )
     activate_on_success = models.BooleanField(default=False)
     cancel_requested = models.BooleanField(default=False)
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who asked first to cancel it; empty when nobody did or the system did.",
+    )
     phase = models.CharField(max_length=30, blank=True)
     epoch = models.PositiveIntegerField(default=0)
     epochs_total = models.PositiveIntegerField(default=0)
@@ -527,7 +552,7 @@ class Prediction(models.Model):
         ]
 
 
-class BatchClassification(_RunTimes, models.Model):
+class BatchClassification(_RunTimes, _Cancellable, models.Model):
     """Many photos (a zip or several files) classified in the background by one version.
 
     The uploaded input and the results (``results.csv``, ``results.json``) live under
@@ -558,6 +583,14 @@ class BatchClassification(_RunTimes, models.Model):
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(
         default=False, help_text="Stop before the next chunk of photos (set while it runs)."
+    )
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who asked first to cancel it; empty when nobody did or the system did.",
     )
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last progress of the running attempt."

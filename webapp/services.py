@@ -552,9 +552,17 @@ def _validate_dataset_for(dataset: Dataset, config: TrainConfig) -> None:
 
 
 def training_job_cancel(*, job: TrainingJob, user: AbstractBaseUser | None = None) -> TrainingJob:
-    """Cancel at once when queued; ask a running job to stop at its next batch."""
+    """Cancel at once when queued; ask a running job to stop at its next batch.
+
+    The first request records ``user`` as ``cancelled_by`` (``None``, the system, records
+    nobody); asking a running job again is no error and keeps the first canceller.
+
+    Raises:
+        ValidationError: the job has already finished.
+    """
     now = timezone.now()
     if TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED).update(
+        cancelled_by=_first_canceller(TrainingJob, user),
         status=TrainingJob.Status.CANCELLED,
         cancel_requested=True,
         finished_at=now,
@@ -563,7 +571,7 @@ def training_job_cancel(*, job: TrainingJob, user: AbstractBaseUser | None = Non
         job.refresh_from_db()
         return job
     if not TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(
-        cancel_requested=True
+        cancelled_by=_first_canceller(TrainingJob, user), cancel_requested=True
     ):
         job.refresh_from_db()
         raise ValidationError(f"The job has already {job.get_status_display().lower()}.")
@@ -1380,6 +1388,8 @@ def batch_cancel(
     results (partial, and downloadable) and in the prediction log. A queued batch's message
     is left in the broker, as a training job's is: the claim finds the batch cancelled and
     does nothing with it. ``user`` None is the system (a command), which may cancel any.
+    The first request records ``user`` as ``cancelled_by`` (the system records nobody);
+    asking a running batch again is no error and keeps the first canceller.
 
     Raises:
         PermissionDenied: ``user`` neither started the batch nor may train models.
@@ -1387,11 +1397,13 @@ def batch_cancel(
     """
     _batch_check_user(batch, user, "cancel")
     # One statement, so a claim or a requeue cannot slip in between "it was queued" and
-    # "it is cancelled"; status is set last, as some databases assign left to right.
+    # "it is cancelled"; status is set last and the canceller first, as some databases
+    # assign left to right.
     changed = BatchClassification.objects.filter(
         pk=batch.pk,
         status__in=[BatchClassification.Status.QUEUED, BatchClassification.Status.RUNNING],
     ).update(
+        cancelled_by=_first_canceller(BatchClassification, user),
         cancel_requested=True,
         finished_at=_if_queued("finished_at", timezone.now()),
         error=_if_queued("error", "Cancelled before it started."),
@@ -1410,6 +1422,19 @@ def batch_cancel(
         _username(user),
     )
     return batch
+
+
+def _first_canceller(
+    model: type[TrainingJob] | type[BatchClassification], user: AbstractBaseUser | None
+) -> Case:
+    """In a cancel's update: ``user`` when no cancel was requested yet (NULL for the system or
+    a user who is not logged in), the recorded canceller otherwise, so the first one stays."""
+    canceller = user.pk if user is not None and user.is_authenticated else None
+    return Case(
+        When(cancel_requested=False, then=Value(canceller)),
+        default=F("cancelled_by"),
+        output_field=model._meta.get_field("cancelled_by"),
+    )
 
 
 def _if_queued(field: str, value: Any) -> Case:

@@ -201,3 +201,19 @@ def test_it_shows_the_int8_record_read_only(admin_client, rows):
     assert version.int8 == {"accepted": True, "agreement": 0.97}
     assert version.notes == "checked"
     assert "agreement" in page and 'name="int8"' not in page
+
+
+@pytest.mark.parametrize("model", ["trainingjob", "batchclassification"])
+def test_it_shows_who_cancelled_read_only(admin_client, admin_user, rows, model):
+    row = rows[model]
+    type(row).objects.filter(pk=row.pk).update(
+        status="running", cancel_requested=True, cancelled_by=admin_user
+    )
+
+    url = reverse(f"admin:webapp_{model}_change", args=[row.pk])
+    page = admin_client.get(url).content.decode()
+
+    field = page[page.index('class="form-row field-cancelled_by"') :]
+    link = reverse("admin:auth_user_change", args=[admin_user.pk])
+    assert f'<div class="readonly"><a href="{link}">alice</a></div>' in field
+    assert 'name="cancelled_by"' not in page

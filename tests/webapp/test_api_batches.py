@@ -47,6 +47,7 @@ def test_it_accepts_a_zip_and_reports_progress(served_project, viewer_api):
     assert body["version"] == 1
     assert response["Location"].endswith(f"/api/v1/batches/{body['id']}")
     assert viewer_api.get(f"/api/v1/batches/{body['id']}").json()["percent"] == 0
+    assert body["cancelled_by"] is None
 
 
 def test_it_writes_csv_and_json_results_with_an_error_per_bad_file(served_project, viewer_api):
@@ -165,6 +166,7 @@ def test_it_cancels_a_queued_batch(served_project, viewer_api):
     body = response.json()
     assert (body["status"], body["cancel_requested"]) == ("cancelled", True)
     assert body["error"] == "Cancelled before it started."
+    assert body["cancelled_by"] == "victor"
     assert body["results_csv"] is None
     results = viewer_api.get(f"/api/v1/batches/{batch_id}/results.csv")
     assert results.status_code == 409
@@ -177,7 +179,11 @@ def test_it_asks_a_running_batch_to_stop(served_project, viewer_api):
 
     body = viewer_api.post(f"/api/v1/batches/{batch_id}/cancel").json()
 
-    assert (body["status"], body["cancel_requested"]) == ("running", True)
+    assert (body["status"], body["cancel_requested"], body["cancelled_by"]) == (
+        "running",
+        True,
+        "victor",
+    )
 
 
 def test_it_answers_409_to_cancelling_a_finished_batch(served_project, viewer_api):
@@ -224,7 +230,8 @@ def test_it_lets_a_trainer_cancel_and_delete_someone_elses_batch(
 ):
     batch_id = _upload(viewer_api)
 
-    assert trainer_api.post(f"/api/v1/batches/{batch_id}/cancel").status_code == 200
+    cancel = trainer_api.post(f"/api/v1/batches/{batch_id}/cancel")
+    assert (cancel.status_code, cancel.json()["cancelled_by"]) == (200, "trent")
     assert trainer_api.delete(f"/api/v1/batches/{batch_id}").status_code == 204
 
 
@@ -262,6 +269,12 @@ def test_it_documents_the_batch_actions_in_the_schema(client, db):
     delete = paths["/api/v1/batches/{id}"]["delete"]
     assert {"200", "403", "404", "409"} <= set(cancel["responses"])
     assert {"204", "403", "404", "409"} <= set(delete["responses"])
+    cancelled_by = response.json()["components"]["schemas"]["Batch"]["properties"]["cancelled_by"]
+    assert (cancelled_by["type"], cancelled_by["readOnly"], cancelled_by["nullable"]) == (
+        "string",
+        True,
+        True,
+    )
 
 
 def _download(client, batch_id: int, fmt: str) -> str:

@@ -6,6 +6,7 @@ import pytest
 from django.test import Client
 
 from tests.factories import make_dataset, make_job
+from webapp import services
 from webapp.models import EpochRecord, ModelVersion, TrainingJob
 
 
@@ -48,7 +49,18 @@ def test_it_lists_jobs_with_their_epoch_history(served_project, viewer_api):
     assert [e["epoch"] for e in detail["history"]] == [1, 2]
     assert detail["history"][1]["accuracy"] == 0.8
     assert detail["status"] == "running"
+    assert listed[0]["cancelled_by"] is None and detail["cancelled_by"] is None
     assert viewer_api.get("/api/v1/jobs/999999").status_code == 404
+
+
+def test_it_shows_who_cancelled_a_job(served_project, viewer_api, trainer):
+    job = make_job(served_project, make_dataset(served_project), status="running")
+    services.training_job_cancel(job=job, user=trainer)
+
+    listed = viewer_api.get("/api/v1/projects/flowers/jobs").json()["results"]
+    detail = viewer_api.get(f"/api/v1/jobs/{job.pk}").json()
+
+    assert listed[0]["cancelled_by"] == detail["cancelled_by"] == "trent"
 
 
 def test_it_lists_versions_newest_first(served_project, viewer_api):
@@ -174,6 +186,12 @@ def test_it_serves_the_openapi_schema(client, db):
     paths = response.json()["paths"]
     assert "/api/v1/projects/{slug}/classify" in paths
     assert "/api/v1/projects/{slug}/batches" in paths
+    cancelled_by = response.json()["components"]["schemas"]["Job"]["properties"]["cancelled_by"]
+    assert (cancelled_by["type"], cancelled_by["readOnly"], cancelled_by["nullable"]) == (
+        "string",
+        True,
+        True,
+    )
 
 
 def test_it_serves_the_api_docs_page_with_local_assets(client, db):

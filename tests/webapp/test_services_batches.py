@@ -174,6 +174,67 @@ def test_it_refuses_a_cancel_from_another_user_without_the_permission(
     assert (batch.status, batch.cancel_requested) == ("queued", False)
 
 
+def test_it_records_who_cancelled_a_queued_batch(served_project, viewer, trainer):
+    batch = _batch(served_project, viewer)
+
+    cancelled = services.batch_cancel(batch=batch, user=trainer)
+
+    assert (cancelled.status, cancelled.cancelled_by) == ("cancelled", trainer)
+    assert cancelled.cancelled_by_label == "Cancelled by trent"
+
+
+def test_it_records_who_asked_a_running_batch_to_stop_and_keeps_the_first(
+    served_project, viewer, trainer
+):
+    batch = _batch(served_project, viewer)
+    services.batch_claim(batch_id=batch.pk)
+    services.batch_cancel(batch=batch, user=viewer)
+
+    again = services.batch_cancel(batch=batch, user=trainer)
+
+    assert (again.status, again.cancel_requested, again.cancelled_by) == ("running", True, viewer)
+    assert again.cancelled_by_label == "Cancel requested by victor"
+
+
+def test_it_keeps_who_asked_when_a_running_batch_stops(served_project, viewer, monkeypatch):
+    batch = _batch(served_project, viewer)
+    _cancel_during_first_chunk(monkeypatch, batch, viewer)
+
+    finished = services.batch_run(batch_id=batch.pk)
+
+    assert (finished.status, finished.cancelled_by) == ("cancelled", viewer)
+
+
+def test_it_records_nobody_when_the_system_cancels_a_batch(served_project, viewer):
+    batch = _batch(served_project, viewer)
+
+    cancelled = services.batch_cancel(batch=batch, user=None)
+
+    assert (cancelled.status, cancelled.cancelled_by) == ("cancelled", None)
+    assert cancelled.cancelled_by_label == ""
+
+
+def test_it_keeps_the_systems_stop_request_when_someone_asks_again(served_project, viewer, trainer):
+    batch = _batch(served_project, viewer)
+    services.batch_claim(batch_id=batch.pk)
+    services.batch_cancel(batch=batch, user=None)
+
+    again = services.batch_cancel(batch=batch, user=trainer)
+
+    assert (again.status, again.cancel_requested, again.cancelled_by) == ("running", True, None)
+
+
+def test_it_records_nobody_when_a_finished_batch_is_not_cancelled(served_project, viewer):
+    batch = _batch(served_project, viewer)
+    BatchClassification.objects.filter(pk=batch.pk).update(status="succeeded")
+
+    with pytest.raises(services.WrongStatus):
+        services.batch_cancel(batch=batch, user=viewer)
+
+    batch.refresh_from_db()
+    assert batch.cancelled_by is None
+
+
 def test_it_cancels_a_batch_asked_to_stop_whose_worker_died(served_project, viewer):
     batch = _batch(served_project, viewer)
     services.batch_claim(batch_id=batch.pk)

@@ -397,6 +397,7 @@ def test_it_cancels_a_queued_batch_from_its_page(viewer_client, viewer, served_p
     content = response.content.decode()
     assert 'id="batch-status">Cancelled' in content and "badge-muted" in content
     assert "Cancelled before it started." in content
+    assert 'id="batch-cancelled-by">Cancelled by victor</span>' in content
     assert "every 1s" not in content and 'id="cancel-batch"' not in content
     assert 'id="delete-batch"' in content
 
@@ -411,6 +412,7 @@ def test_it_asks_a_running_batch_to_stop_and_says_so_while_it_polls(
 
     assert "will stop after the photos it is classifying now" in _messages(response)[0]
     assert 'id="batch-stopping"' in live and 'hx-trigger="every 1s"' in live
+    assert 'id="batch-cancelled-by">Cancel requested by victor</span>' in live
     assert 'id="cancel-batch"' not in live and 'id="delete-batch"' not in live
 
 
@@ -463,6 +465,7 @@ def test_it_shows_and_serves_the_partial_results_of_a_batch_cancelled_while_runn
     content = viewer_client.get(batch.get_absolute_url()).content.decode()
 
     assert 'id="batch-status">Cancelled' in content
+    assert 'id="batch-cancelled-by">Cancelled by victor</span>' in content
     partial = content[content.index('id="batch-partial"') :]
     assert "Partial results." in partial and "cancelled after 2 of 3 photos" in partial
     url = reverse("api:batch_results", args=[batch.pk, "csv"])

@@ -172,19 +172,46 @@ def test_it_returns_404_for_an_unknown_job(viewer_client, db):
     assert viewer_client.get(reverse("job_detail", args=[999])).status_code == 404
 
 
-def test_it_cancels_a_queued_job(trainer_client, project, dataset):
+def test_it_cancels_a_queued_job(trainer_client, trainer, project, dataset):
     job = make_job(project, dataset)
     response = trainer_client.post(reverse("job_cancel", args=[job.pk]), follow=True)
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.CANCELLED
+    assert job.cancelled_by == trainer
     assert b"cancelled" in response.content
+    assert b'id="job-cancelled-by">Cancelled by trent</span>' in response.content
 
 
-def test_it_asks_a_running_job_to_stop(trainer_client, project, dataset):
+def test_it_asks_a_running_job_to_stop(trainer_client, trainer, project, dataset):
     job = _running_job(project, dataset)
     trainer_client.post(reverse("job_cancel", args=[job.pk]))
     job.refresh_from_db()
     assert job.cancel_requested and job.status == TrainingJob.Status.RUNNING
+    assert job.cancelled_by == trainer
+    live = trainer_client.get(reverse("job_live", args=[job.pk])).content.decode()
+    assert "stopping after the current batch" in live
+    assert 'id="job-cancelled-by">Cancel requested by trent</span>' in live
+
+
+def test_it_shows_who_cancelled_a_job_to_everyone(viewer_client, trainer, project, dataset):
+    job = make_job(project, dataset, status=TrainingJob.Status.RUNNING)
+    services.training_job_cancel(job=job, user=trainer)
+    services.training_job_mark_cancelled(job_id=job.pk)
+
+    content = viewer_client.get(job.get_absolute_url()).content.decode()
+
+    assert 'id="job-status">Cancelled' in content
+    assert 'id="job-cancelled-by">Cancelled by trent</span>' in content
+
+
+def test_it_names_nobody_when_the_system_cancelled_a_job(viewer_client, project, dataset):
+    job = make_job(project, dataset)
+    services.training_job_cancel(job=job)
+
+    content = viewer_client.get(job.get_absolute_url()).content.decode()
+
+    assert 'id="job-status">Cancelled' in content
+    assert 'id="job-cancelled-by"' not in content
 
 
 def test_it_says_a_finished_job_cannot_be_cancelled(trainer_client, project, dataset):

@@ -67,6 +67,13 @@ class JobSerializer(serializers.ModelSerializer):
     project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.SerializerMethodField()
     history = EpochSerializer(source="epochs", many=True, read_only=True)
+    cancelled_by = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="Username of who asked first to cancel it; null when nobody did or the "
+        "system did.",
+    )
 
     class Meta:
         model = TrainingJob
@@ -86,6 +93,7 @@ class JobSerializer(serializers.ModelSerializer):
             "eta_seconds",
             "attempts",
             "error",
+            "cancelled_by",
             "version",
             "created_at",
             "started_at",
@@ -179,6 +187,13 @@ class BatchSerializer(serializers.ModelSerializer):
     percent = serializers.IntegerField(read_only=True)
     results_csv = serializers.SerializerMethodField()
     results_json = serializers.SerializerMethodField()
+    cancelled_by = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="Username of who asked first to cancel it; null when nobody did or the "
+        "system did.",
+    )
 
     class Meta:
         model = BatchClassification
@@ -193,6 +208,7 @@ class BatchSerializer(serializers.ModelSerializer):
             "percent",
             "error",
             "cancel_requested",
+            "cancelled_by",
             "created_at",
             "started_at",
             "finished_at",

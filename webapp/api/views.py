@@ -56,9 +56,9 @@ def _project(slug: str) -> Project:
 
 
 def _jobs() -> QuerySet[TrainingJob]:
-    return TrainingJob.objects.select_related("project", "version").prefetch_related(
-        Prefetch("epochs", queryset=EpochRecord.objects.order_by("epoch"))
-    )
+    return TrainingJob.objects.select_related(
+        "project", "version", "cancelled_by"
+    ).prefetch_related(Prefetch("epochs", queryset=EpochRecord.objects.order_by("epoch")))
 
 
 class ProjectList(generics.ListAPIView):

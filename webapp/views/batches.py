@@ -19,7 +19,10 @@ from webapp.models import BatchClassification, Project
 
 def _batch(pk: int) -> BatchClassification:
     return get_object_or_404(
-        BatchClassification.objects.select_related("project", "version", "created_by"), pk=pk
+        BatchClassification.objects.select_related(
+            "project", "version", "created_by", "cancelled_by"
+        ),
+        pk=pk,
     )
 
 

@@ -50,7 +50,9 @@ def job_create(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 def _job(pk: int) -> TrainingJob:
-    return get_object_or_404(TrainingJob.objects.select_related("project", "dataset"), pk=pk)
+    return get_object_or_404(
+        TrainingJob.objects.select_related("project", "dataset", "cancelled_by"), pk=pk
+    )
 
 
 def _live_context(job: TrainingJob) -> dict:
