@@ -558,7 +558,7 @@ def training_job_cancel(*, job: TrainingJob, user: AbstractBaseUser | None = Non
     nobody); asking a running job again is no error and keeps the first canceller.
 
     Raises:
-        ValidationError: the job has already finished.
+        WrongStatus: the job has already finished.
     """
     now = timezone.now()
     if TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.QUEUED).update(
@@ -574,7 +574,10 @@ def training_job_cancel(*, job: TrainingJob, user: AbstractBaseUser | None = Non
         cancelled_by=_first_canceller(TrainingJob, user), cancel_requested=True
     ):
         job.refresh_from_db()
-        raise ValidationError(f"The job has already {job.get_status_display().lower()}.")
+        raise WrongStatus(
+            f"Job #{job.pk} has already {job.get_status_display().lower()}; "
+            "there is nothing to cancel."
+        )
     job.refresh_from_db()
     return job
 

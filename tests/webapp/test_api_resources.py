@@ -63,6 +63,54 @@ def test_it_shows_who_cancelled_a_job(served_project, viewer_api, trainer):
     assert listed[0]["cancelled_by"] == detail["cancelled_by"] == "trent"
 
 
+def test_a_trainer_cancels_a_queued_job_at_once(served_project, trainer_api):
+    job = make_job(served_project, make_dataset(served_project), status="queued")
+
+    response = trainer_api.post(f"/api/v1/jobs/{job.pk}/cancel")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["cancelled_by"] == "trent"
+
+
+def test_a_running_job_is_asked_to_stop(served_project, trainer_api):
+    job = make_job(served_project, make_dataset(served_project), status="running")
+
+    response = trainer_api.post(f"/api/v1/jobs/{job.pk}/cancel")
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "running"
+    assert response.json()["cancel_requested"] is True
+    job.refresh_from_db()
+    assert job.cancel_requested and job.cancelled_by.username == "trent"
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed", "cancelled"])
+def test_cancelling_a_finished_job_is_a_conflict(served_project, trainer_api, outcome):
+    job = make_job(served_project, make_dataset(served_project), status=outcome)
+
+    response = trainer_api.post(f"/api/v1/jobs/{job.pk}/cancel")
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "wrong_status"
+    assert f"already {outcome}" in response.json()["detail"]
+    job.refresh_from_db()
+    assert job.status == outcome and job.cancelled_by is None
+
+
+def test_cancelling_a_job_needs_the_train_permission(served_project, viewer_api):
+    job = make_job(served_project, make_dataset(served_project), status="queued")
+
+    assert viewer_api.post(f"/api/v1/jobs/{job.pk}/cancel").status_code == 403
+    assert Client().post(f"/api/v1/jobs/{job.pk}/cancel").status_code == 401
+    job.refresh_from_db()
+    assert job.status == "queued"
+
+
+def test_cancelling_an_unknown_job_is_404(served_project, trainer_api):
+    assert trainer_api.post("/api/v1/jobs/999999/cancel").status_code == 404
+
+
 def test_it_lists_versions_newest_first(served_project, viewer_api):
     response = viewer_api.get("/api/v1/projects/flowers/versions")
 

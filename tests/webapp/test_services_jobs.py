@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
-from django.core.exceptions import ValidationError
 
 from tests.factories import make_dataset, make_job, make_project
 from webapp import services
@@ -100,7 +99,7 @@ def test_it_records_nobody_for_a_user_who_is_not_logged_in(project, dataset):
 def test_it_refuses_to_cancel_a_finished_job(project, dataset, trainer, outcome):
     job = _job(project, dataset, outcome)
 
-    with pytest.raises(ValidationError, match=f"already {outcome}"):
+    with pytest.raises(services.WrongStatus, match=f"already {outcome}"):
         services.training_job_cancel(job=job, user=trainer)
 
     job.refresh_from_db()

@@ -93,6 +93,7 @@ class JobSerializer(serializers.ModelSerializer):
             "eta_seconds",
             "attempts",
             "error",
+            "cancel_requested",
             "cancelled_by",
             "version",
             "created_at",

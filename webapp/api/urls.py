@@ -39,6 +39,7 @@ urlpatterns = [
     path("projects/<slug:slug>/rollback", api(views.VersionRollback), name="version_rollback"),
     path("projects/<slug:slug>/batches", api(views.BatchCreate), name="batch_create"),
     path("jobs/<int:pk>", api(views.JobDetail), name="job_detail"),
+    path("jobs/<int:pk>/cancel", api(views.JobCancel), name="job_cancel"),
     path("batches/<int:pk>", api(views.BatchDetail), name="batch_detail"),
     path("batches/<int:pk>/cancel", api(views.BatchCancel), name="batch_cancel"),
     re_path(

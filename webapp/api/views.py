@@ -158,6 +158,19 @@ class JobDetail(generics.RetrieveAPIView):
         return _jobs()
 
 
+class JobCancel(APIView):
+    """Cancel a training job (needs ``train_models``): a queued one is cancelled at once; a
+    running one has ``cancel_requested`` set and stops after its current batch, keeping its
+    checkpoints out of any version. 409 once it has finished."""
+
+    @extend_schema(request=None, responses={200: s.JobSerializer, **_errors(401, 403, 404, 409)})
+    def post(self, request: Request, pk: int) -> Response:
+        _require(request, "webapp.train_models")
+        job = get_object_or_404(TrainingJob, pk=pk)
+        services.training_job_cancel(job=job, user=request.user)
+        return Response(s.JobSerializer(_jobs().get(pk=pk)).data)
+
+
 class VersionList(generics.ListAPIView):
     serializer_class = s.VersionSerializer
 

@@ -81,8 +81,8 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     job = _job(pk)
     try:
         job = services.training_job_cancel(job=job, user=request.user)
-    except ValidationError as exc:
-        messages.error(request, " ".join(exc.messages))
+    except services.WrongStatus as exc:
+        messages.error(request, str(exc))
     else:
         if job.status == TrainingJob.Status.CANCELLED:
             messages.success(request, f"Job #{job.pk} cancelled.")
