@@ -135,12 +135,23 @@ class _RunTimes:
         return (end - self.started_at).total_seconds()
 
 
-class _Cancellable:
-    """For rows a person can cancel (``cancel_requested``, ``cancelled_by``): who did, in words."""
+class _Cancellable(models.Model):
+    """For rows a person can cancel (``cancel_requested``): who asked first, and in words."""
 
     status: str
     cancel_requested: bool
-    cancelled_by: AbstractBaseUser | None
+
+    cancelled_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Who asked first to cancel it; empty when nobody did or the system did.",
+    )
+
+    class Meta:
+        abstract = True
 
     @property
     def cancelled_by_label(self) -> str:
@@ -172,14 +183,6 @@ class TrainingJob(_RunTimes, _Cancellable, models.Model):
     )
     activate_on_success = models.BooleanField(default=False)
     cancel_requested = models.BooleanField(default=False)
-    cancelled_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        help_text="Who asked first to cancel it; empty when nobody did or the system did.",
-    )
     phase = models.CharField(max_length=30, blank=True)
     epoch = models.PositiveIntegerField(default=0)
     epochs_total = models.PositiveIntegerField(default=0)
@@ -583,14 +586,6 @@ class BatchClassification(_RunTimes, _Cancellable, models.Model):
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(
         default=False, help_text="Stop before the next chunk of photos (set while it runs)."
-    )
-    cancelled_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        help_text="Who asked first to cancel it; empty when nobody did or the system did.",
     )
     heartbeat_at = models.DateTimeField(
         null=True, blank=True, help_text="Last progress of the running attempt."

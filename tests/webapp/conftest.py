@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from tests.factories import role_group
+from tests.factories import make_dataset, make_project, role_group
 
 
 def _user(username: str, *, groups: tuple[str, ...] = (), **flags) -> User:
@@ -14,6 +14,18 @@ def _user(username: str, *, groups: tuple[str, ...] = (), **flags) -> User:
     for name in groups:
         user.groups.add(role_group(name))
     return user
+
+
+@pytest.fixture
+def project(db):
+    """A project named Flowers (some modules define their own)."""
+    return make_project("Flowers")
+
+
+@pytest.fixture
+def dataset(project):
+    """A dataset "photos" of ``project``."""
+    return make_dataset(project, "photos")
 
 
 @pytest.fixture

@@ -10,17 +10,11 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ValidationError
 
-from tests.factories import make_project
 from tests.images import image_folder, jpeg_bytes, zip_of_folder
 from webapp import services
 from webapp.models import Dataset
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def project(db):
-    return make_project("Flowers")
 
 
 def import_zip(project, data: bytes, tmp_path: Path, name: str = "photos") -> Dataset:

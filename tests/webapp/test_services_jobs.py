@@ -6,19 +6,9 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import AnonymousUser
 
-from tests.factories import make_dataset, make_job, make_project
+from tests.factories import make_job
 from webapp import services
 from webapp.models import TrainingJob
-
-
-@pytest.fixture
-def project(db):
-    return make_project("Flowers")
-
-
-@pytest.fixture
-def dataset(project):
-    return make_dataset(project, "photos")
 
 
 def _job(project, dataset, status: str = "queued") -> TrainingJob:

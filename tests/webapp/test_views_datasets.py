@@ -13,11 +13,6 @@ from webapp import services
 from webapp.models import Dataset
 
 
-@pytest.fixture
-def project(db):
-    return make_project("Flowers")
-
-
 def _zip(tmp_path, name="photos.zip"):
     folder = image_folder(tmp_path / "src", {"daisy": 3, "tulip": 3})
     (folder / "daisy" / "notes.txt").write_text("not a photo")

@@ -13,16 +13,6 @@ from webapp.models import EpochRecord, TrainingJob
 
 
 @pytest.fixture
-def project(db):
-    return make_project("Flowers")
-
-
-@pytest.fixture
-def dataset(project):
-    return make_dataset(project, "photos")
-
-
-@pytest.fixture
 def queue_up():
     with mock.patch("webapp.services._check_queue"):
         yield

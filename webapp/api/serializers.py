@@ -63,17 +63,22 @@ class EpochSerializer(serializers.ModelSerializer):
         ]
 
 
-class JobSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    version = serializers.SerializerMethodField()
-    history = EpochSerializer(source="epochs", many=True, read_only=True)
-    cancelled_by = serializers.SlugRelatedField(
+def cancelled_by_field() -> serializers.SlugRelatedField:
+    """A job's or batch's ``cancelled_by``, as the username."""
+    return serializers.SlugRelatedField(
         slug_field="username",
         read_only=True,
         allow_null=True,
         help_text="Username of who asked first to cancel it; null when nobody did or the "
         "system did.",
     )
+
+
+class JobSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    version = serializers.SerializerMethodField()
+    history = EpochSerializer(source="epochs", many=True, read_only=True)
+    cancelled_by = cancelled_by_field()
 
     class Meta:
         model = TrainingJob
@@ -188,13 +193,7 @@ class BatchSerializer(serializers.ModelSerializer):
     percent = serializers.IntegerField(read_only=True)
     results_csv = serializers.SerializerMethodField()
     results_json = serializers.SerializerMethodField()
-    cancelled_by = serializers.SlugRelatedField(
-        slug_field="username",
-        read_only=True,
-        allow_null=True,
-        help_text="Username of who asked first to cancel it; null when nobody did or the "
-        "system did.",
-    )
+    cancelled_by = cancelled_by_field()
 
     class Meta:
         model = BatchClassification
