@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from classifier import allocator
 from classifier.errors import ArtifactError, InvalidImageError
 from classifier.images import RESIZE_METHODS, RESIZE_PIL, RESIZE_TF, ImageSource, load_image
 
@@ -47,11 +48,16 @@ class LiteRTRunner:
     """
 
     def __init__(self, model: bytes | Path | str, *, num_threads: int | None = None) -> None:
-        content = model if isinstance(model, bytes) else Path(model).read_bytes()
+        threads = num_threads or os.cpu_count() or 1
         self._lock = threading.Lock()
-        self._interpreter = Interpreter(
-            model_content=content, num_threads=num_threads or os.cpu_count() or 1
-        )
+        # A file is mapped, not read into memory: once XNNPACK has packed the weights, the
+        # mapping's pages are released (allocator.release_file_pages) and the model costs
+        # the process only its packed copy.
+        self._model_path = None if isinstance(model, bytes) else Path(model)
+        if self._model_path is None:
+            self._interpreter = Interpreter(model_content=model, num_threads=threads)
+        else:
+            self._interpreter = Interpreter(model_path=str(model), num_threads=threads)
         input_detail = self._interpreter.get_input_details()[0]
         self._input_index = input_detail["index"]
         self._output_index = self._interpreter.get_output_details()[0]["index"]
@@ -80,12 +86,16 @@ class LiteRTRunner:
         if self.one_at_a_time and batch.shape[0] > 1:
             return np.concatenate([self.run(batch[i : i + 1]) for i in range(batch.shape[0])])
         with self._lock:
-            if batch.shape != self._batch_shape:
+            reshaped = batch.shape != self._batch_shape
+            if reshaped:
                 self._interpreter.resize_tensor_input(self._input_index, list(batch.shape))
                 self._interpreter.allocate_tensors()
                 self._batch_shape = batch.shape
             self._interpreter.set_tensor(self._input_index, batch)
             self._interpreter.invoke()
+            if reshaped and self._model_path is not None:
+                # XNNPACK packs (some) weights on the first call after an allocation.
+                allocator.release_file_pages(self._model_path)
             return self._interpreter.get_tensor(self._output_index)
 
     def _fits(self, shape: tuple[int, ...]) -> bool:
@@ -162,18 +172,16 @@ class Predictor:
             )
             precision = "float32"
         model_file = MODEL_INT8 if precision == "int8" else MODEL_TFLITE
-        tflite = _read_bytes(version_dir / model_file)
+        model_path = version_dir / model_file
+        # LiteRT maps the file itself; it must be the file that was checked.
+        identity = _file_identity(model_path)
         if verify:
             unused = {MODEL_INT8} - {model_file}
             for name in sorted((set(files) | {model_file, LABELS}) - unused):
                 expected = _recorded_sha256(files, name)
                 if not expected:
                     raise ArtifactError(f"metadata.json records no checksum for {name}.")
-                actual = (
-                    hashlib.sha256(tflite).hexdigest()
-                    if name == model_file
-                    else sha256_file(version_dir / name)
-                )
+                actual = sha256_file(version_dir / name)
                 if actual != expected:
                     raise ArtifactError(
                         f"{version_dir / name} does not match its checksum; the version is "
@@ -183,9 +191,11 @@ class Predictor:
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise ArtifactError(f"{version_dir / LABELS} must be a JSON list of class names.")
         try:
-            runner = LiteRTRunner(tflite, num_threads=num_threads)
+            runner = LiteRTRunner(model_path, num_threads=num_threads)
         except (ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"{version_dir / model_file} cannot be loaded: {exc}") from None
+            raise ArtifactError(f"{model_path} cannot be loaded: {exc}") from None
+        if _file_identity(model_path) != identity:
+            raise ArtifactError(f"{model_path} was replaced while it was loaded; load it again.")
         outputs = runner.output_shape[-1]
         if outputs != len(labels):
             raise ArtifactError(
@@ -305,6 +315,15 @@ def sha256_file(path: Path) -> str:
     except OSError as exc:
         raise ArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from None
     return digest.hexdigest()
+
+
+def _file_identity(path: Path) -> tuple[int, ...]:
+    """Which file is at ``path`` now (device, inode, size, modification time)."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def _read_bytes(path: Path) -> bytes:

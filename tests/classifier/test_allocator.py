@@ -43,11 +43,8 @@ def test_settings_from_the_environment_win(name: str) -> None:
 
 
 def test_it_does_nothing_without_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_libc(*args: object, **kwargs: object) -> None:
-        raise OSError("no such library")
-
     monkeypatch.setattr(allocator, "_tuned", False)
-    monkeypatch.setattr(allocator.ctypes, "CDLL", no_libc)
+    monkeypatch.setattr(allocator, "_libc", lambda: None)
     for name in allocator.USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
 

@@ -223,3 +223,62 @@ def test_it_refuses_a_resize_method_it_does_not_know(version_copy: Path) -> None
 
     with pytest.raises(ArtifactError, match="lanczos-from-the-future.*newer Graft"):
         Predictor.load(version_copy)
+
+
+def _resident_kb_of(path: Path) -> int | None:
+    """This process's resident KB in mappings of ``path`` (None when it is not mapped)."""
+    target, mapped, total = str(path.resolve()), False, 0
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            mapped_here = len(fields) >= 6 and fields[5] == target
+            mapped = mapped or mapped_here
+        elif fields[0] == "Rss:" and mapped_here:
+            total += int(fields[1])
+    return total if mapped else None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_the_model_file_is_mapped_and_its_pages_released_once_packed(
+    make_tiny_version, tmp_path: Path
+) -> None:
+    # LiteRT maps the file; after XNNPACK packed the weights nothing reads it, so the
+    # process does not keep its pages resident (classifier.allocator.release_file_pages).
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(1280, 1)(inputs))
+    hidden = keras.layers.Dense(768, activation="relu")(features)  # 3.9 MB of weights
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(hidden))
+    version = make_tiny_version(tmp_path / "v1", model=model)
+    model_file = version / "model.tflite"
+
+    loaded = Predictor.load(version, num_threads=1)
+    first = loaded.predict(photos(1)[0])
+
+    # A page or two of the flatbuffer's tables is read again on each call; no weights.
+    assert model_file.stat().st_size > 3_000_000
+    assert _resident_kb_of(model_file) <= 16
+    assert loaded.predict(photos(1)[0]) == first
+    assert _resident_kb_of(model_file) <= 16  # later calls do not read the weights again
+    assert loaded.predict_array(np.zeros((3, 32, 32, 3), np.uint8)).shape == (3, 3)
+
+
+def test_it_refuses_a_model_replaced_while_it_loads(
+    version_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from classifier import serving
+
+    real_runner = serving.LiteRTRunner
+
+    def replacing_runner(model: Path, **kwargs: object) -> serving.LiteRTRunner:
+        runner = real_runner(model, **kwargs)
+        replacement = model.with_suffix(".new")
+        replacement.write_bytes(model.read_bytes())
+        replacement.replace(model)  # another inode at the checked path
+        return runner
+
+    monkeypatch.setattr(serving, "LiteRTRunner", replacing_runner)
+
+    with pytest.raises(ArtifactError, match="was replaced while it was loaded"):
+        Predictor.load(version_copy)
