@@ -19,8 +19,7 @@ growing its own. Blocks over 1 MB (a large upload's decoded pixels) still go str
 to the kernel. Measured with ``bench/serve_load.py``'s load (4 clients, 5 rounds of 8 s,
 both servers up side by side): 104 against 91 classifications/s, p50 38 against 44 ms,
 for 2-5 MB more per web worker (144-148 against 143 MB, before the model file's pages
-were released as below). The web process calls it before
-gunicorn starts its threads.
+were released as below). The web process calls it before gunicorn starts its threads.
 
 Settings made through the environment (``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``GLIBC_TUNABLES``) win: then nothing is changed. Elsewhere than
