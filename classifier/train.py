@@ -85,6 +85,12 @@ class TrainCallbacks:
         """After each epoch with loss, accuracy, val_loss, val_accuracy, learning_rate,
         seconds and phase."""
 
+    def on_resume(self, history: list[dict[str, Any]]) -> None:
+        """Once, when a run resumes from a checkpoint, with the epochs it had finished (each
+        with ``on_epoch``'s logs, ``epoch`` included). A caller that records epochs should
+        make sure it has all of these: the stopped attempt may have written its checkpoint
+        and died before reporting that epoch."""
+
     def should_stop(self) -> bool:
         """Checked after every batch; return True to raise ``TrainingCancelled``."""
         return False
@@ -528,6 +534,7 @@ class _Run:
         else:
             _set_weights(self.model, self.config, state["kind"], weights)
         self.history = state["history"]
+        self.callbacks.on_resume([dict(record) for record in self.history])
         return state
 
     def _restore_optimizer(self, model: keras.Model, kind: str) -> None:

@@ -117,6 +117,13 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
             services.training_job_record_epoch(job_id=job_id, epoch=epoch, logs=logs)
             self._write(force=True, epoch=epoch, progress=self._fraction(epoch, 1, 1))
 
+        def on_resume(self, history: list[dict[str, Any]]) -> None:
+            # The killed attempt may have checkpointed an epoch and died before recording it.
+            for record in history:
+                services.training_job_record_epoch(
+                    job_id=job_id, epoch=int(record["epoch"]), logs=record
+                )
+
         def should_stop(self) -> bool:
             return self.cancelled or heartbeat.cancel_requested.is_set()
 

@@ -41,6 +41,7 @@ class Recorder(TrainCallbacks):
         self.phases: list[str] = []
         self.batches: list[tuple[int, int, int]] = []
         self.epochs: list[tuple[int, dict]] = []
+        self.resumed: list[dict] | None = None
         self.stop_at_epoch = stop_at_epoch
 
     def on_phase(self, phase, detail):
@@ -51,6 +52,9 @@ class Recorder(TrainCallbacks):
 
     def on_epoch(self, epoch, logs):
         self.epochs.append((epoch, logs))
+
+    def on_resume(self, history):
+        self.resumed = history
 
     def should_stop(self):
         return self.stop_at_epoch is not None and any(
@@ -146,6 +150,9 @@ def test_it_resumes_from_the_last_checkpointed_epoch(tmp_path, dataset, no_liter
     assert (checkpoint / "optimizer.npz").is_file()  # Adam's moments come back too
     assert [epoch for epoch, _ in recorder.epochs] == [2, 3]
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    # The checkpointed epoch is handed back, for a caller that died before recording it.
+    assert [h["epoch"] for h in recorder.resumed] == [1]
+    assert recorder.resumed[0]["val_accuracy"] == result.history[0]["val_accuracy"]
     assert result.metrics["accuracy"] >= 0.9
 
 
