@@ -86,6 +86,13 @@ def build_version(out: Path, alpha: float, size: int) -> Path:
     return out
 
 
+def default_version(alpha: float = 1.0, size: int = 224) -> Path:
+    """The bench's version under var/bench/, exported on first use (see :func:`export`)."""
+    trained = "-flowers" if SHARED_SAMPLE.is_dir() else ""
+    out = ROOT / "var" / "bench" / f"mobilenetv2-{alpha}-{size}{trained}"
+    return build_version(out, alpha, size)
+
+
 def export(out: Path, alpha: float, size: int) -> None:
     """Runs in its own process: the only place here that imports TensorFlow.
 
@@ -176,13 +183,13 @@ def free_port() -> int:
 class Server:
     """A gunicorn process group on loopback, stopped with SIGTERM."""
 
-    def __init__(self, app: str, env: dict[str, str], log: Path) -> None:
+    def __init__(self, app: str, env: dict[str, str], log: Path, root: Path = ROOT) -> None:
         self.port = free_port()
         env = {**env, "GRAFT_BIND": f"127.0.0.1:{self.port}"}
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app],
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -211,6 +218,42 @@ class Server:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def prepare(version: Path, root: Path = ROOT) -> tuple[Path, dict[str, str], str]:
+    """A fresh data folder with one project serving ``version``: (folder, server env, token)."""
+    tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
+    (tmp / "var").mkdir()
+    env = {
+        **os.environ,
+        "GRAFT_VAR_DIR": str(tmp / "var"),
+        "GRAFT_DATA_DIR": str(tmp / "data"),
+        "GRAFT_API_RATE": "off",
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
+        "LOG_LEVEL": "WARNING",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GRAFT_BENCH_VERSION": str(version),
+    }
+    token = subprocess.run(
+        [sys.executable, "-c", SETUP, str(version)],
+        cwd=root,
+        env=env,
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout.split()[-1]
+    return tmp, env, token
+
+
+def warm_up(
+    server: Server, path: str, body: bytes, ctype: str, headers: dict, concurrency: int
+) -> None:
+    """Send load until every worker has loaded its model, before the clock starts."""
+    for _ in range(120):
+        load(server.port, path, body, ctype, headers, concurrency * 2, 0.5)
+        if min(server.worker_rss_mb()) > WARM_RSS_MB:
+            break
 
 
 def rss_mb(pid: int) -> float:
@@ -303,36 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.export_to:
         return export(args.export_to, args.alpha, args.image_size)
 
-    trained = "-flowers" if SHARED_SAMPLE.is_dir() else ""
-    version = args.version_dir or build_version(
-        ROOT / "var" / "bench" / f"mobilenetv2-{args.alpha}-{args.image_size}{trained}",
-        args.alpha,
-        args.image_size,
-    )
-    version = version.resolve()
+    version = (args.version_dir or default_version(args.alpha, args.image_size)).resolve()
     image, described = photo(args.photo)
     body, ctype = multipart(image)
-    tmp = Path(tempfile.mkdtemp(prefix="graft-bench-"))
-    (tmp / "var").mkdir()
-    env = {
-        **os.environ,
-        "GRAFT_VAR_DIR": str(tmp / "var"),
-        "GRAFT_DATA_DIR": str(tmp / "data"),
-        "GRAFT_API_RATE": "off",
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
-        "LOG_LEVEL": "WARNING",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "GRAFT_BENCH_VERSION": str(version),
-    }
-    token = subprocess.run(
-        [sys.executable, "-c", SETUP, str(version)],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout.split()[-1]
+    tmp, env, token = prepare(version)
     meta = json.loads((version / "metadata.json").read_text())
     print(
         f"Version: {version} (MobileNetV2 alpha={meta['config']['alpha']}, "
@@ -360,11 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             is_graft = app.startswith("webapp")
             path = "/api/v1/projects/bench/classify" if is_graft else "/"
             headers = {"Authorization": f"Token {token}"} if is_graft else {}
-            # Warm up until every worker has loaded its model, before the clock starts.
-            for _ in range(120):
-                load(server.port, path, body, ctype, headers, args.concurrency * 2, 0.5)
-                if min(server.worker_rss_mb()) > WARM_RSS_MB:
-                    break
+            warm_up(server, path, body, ctype, headers, args.concurrency)
             figures = load(
                 server.port, path, body, ctype, headers, args.concurrency, seconds, args.keep_alive
             )
