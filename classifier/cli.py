@@ -47,17 +47,23 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     train.add_argument("--image-size", type=int, default=DEFAULTS.image_size)
     train.add_argument("--alpha", type=float, default=DEFAULTS.alpha)
-    train.add_argument("--weights", default="imagenet", help="imagenet, none or a .h5 path")
-    train.add_argument("--build", choices=("functional", "sequential"), default="functional")
-    train.add_argument("--head-units", default="1024,512", help="comma-separated Dense sizes")
+    train.add_argument("--weights", default=DEFAULTS.weights, help="imagenet, none or a .h5 path")
+    train.add_argument("--build", choices=("functional", "sequential"), default=DEFAULTS.build)
+    train.add_argument(
+        "--head-units",
+        default=",".join(map(str, DEFAULTS.head_units)),
+        help="comma-separated Dense sizes",
+    )
     train.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
-    train.add_argument("--fine-tune-layers", type=int, default=0)
-    train.add_argument("--fine-tune-epochs", type=int, default=0)
+    train.add_argument("--fine-tune-layers", type=int, default=DEFAULTS.fine_tune_layers)
+    train.add_argument("--fine-tune-epochs", type=int, default=DEFAULTS.fine_tune_epochs)
     train.add_argument(
         "--fine-tune-learning-rate", type=float, default=DEFAULTS.fine_tune_learning_rate
     )
     train.add_argument("--augment", action="store_true")
-    train.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE")
+    train.add_argument(
+        "--early-stopping", type=int, default=DEFAULTS.early_stopping_patience, metavar="PATIENCE"
+    )
     train.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     train.add_argument("--validation-split", type=float, default=DEFAULTS.validation_split)
