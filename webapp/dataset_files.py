@@ -86,11 +86,16 @@ def _class_and_rest(parts: tuple[str, ...]) -> tuple[str, PurePosixPath] | None:
 def _strip_common_root(names: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """``flowers/daisy/1.jpg`` and ``flowers/roses/2.jpg`` -> ``daisy/1.jpg``, ``roses/2.jpg``.
 
-    People zip the dataset folder itself as often as its contents; both layouts work.
+    People zip the dataset folder itself as often as its contents; both layouts work. Only
+    the photos decide: a ``flowers/LICENSE.txt`` beside the class folders (as in
+    ``flower_photos.tgz``) is stripped with them and then refused as outside any class.
     """
-    while names and all(len(p) > 2 for p in names) and len({p[0] for p in names}) == 1:
-        names = [p[1:] for p in names]
-    return names
+    while True:
+        photos = [p for p in names if PurePosixPath(p[-1]).suffix.lower() in SUPPORTED_SUFFIXES]
+        if not photos or any(len(p) <= 2 for p in photos) or len({p[0] for p in photos}) > 1:
+            return names
+        root = photos[0][0]
+        names = [p[1:] if p[0] == root and len(p) > 1 else p for p in names]
 
 
 def _safe_parts(name: str) -> tuple[str, ...] | None:

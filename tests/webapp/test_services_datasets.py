@@ -200,3 +200,33 @@ def test_it_refuses_class_names_users_could_not_type(project, data_dir, bad):
         services.dataset_add_images(
             dataset=dataset, class_name=bad, files=[("a.jpg", jpeg_bytes())]
         )
+
+
+def test_it_strips_a_wrapping_folder_that_also_holds_a_licence(project, data_dir, tmp_path):
+    # TensorFlow's flower_photos.tgz holds flower_photos/LICENSE.txt beside the class folders.
+    folder = image_folder(tmp_path / "src", {"daisy": 2, "roses": 2})
+    (folder / "LICENSE.txt").write_text("CC-BY")
+    dataset = import_zip(project, zip_of_folder(folder, prefix="flower_photos/"), tmp_path)
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert dataset.class_counts == {"daisy": 2, "roses": 2}
+    reasons = {item["path"]: item["reason"] for item in dataset.rejected}
+    assert "not inside a class folder" in reasons["flower_photos/LICENSE.txt"]
+
+
+def test_it_imports_the_flower_photos_tgz_with_its_licence(
+    project, data_dir, tmp_path, monkeypatch
+):
+    import tarfile
+
+    folder = image_folder(tmp_path / "flower_photos", {"daisy": 2, "roses": 2})
+    (folder / "LICENSE.txt").write_text("CC-BY")
+    archive = tmp_path / "flower_photos.tgz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(folder, arcname="flower_photos")
+    monkeypatch.setattr(
+        "urllib.request.urlopen",
+        lambda url, timeout: archive.open("rb"),  # noqa: SIM115 - urlopen is used as a context
+    )
+    dataset = services.dataset_import_url(project=project, name="flowers", background=False)
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert dataset.class_counts == {"daisy": 2, "roses": 2}
