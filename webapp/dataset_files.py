@@ -258,11 +258,13 @@ def download(url: str, dest: Path, *, max_bytes: int, timeout: float = 30) -> Pa
 def write_uploads(
     files: Iterable[tuple[str, bytes]], class_dir: Path, limits: Limits, report: ImportReport
 ) -> None:
-    """Write per-class uploads (name, content) into ``class_dir``, never overwriting a file."""
+    """Write per-class uploads (name, content) into ``class_dir``, never overwriting a file.
+
+    ``class_dir`` is created with its first photo: refused uploads leave no empty class.
+    """
     from classifier.errors import InvalidImageError
     from classifier.images import open_image
 
-    class_dir.mkdir(parents=True, exist_ok=True)
     for name, content in files:
         base = Path(name.replace("\\", "/")).name
         if Path(base).suffix.lower() not in SUPPORTED_SUFFIXES:
@@ -276,6 +278,7 @@ def write_uploads(
         except InvalidImageError as exc:
             report.reject(base, str(exc))
             continue
+        class_dir.mkdir(parents=True, exist_ok=True)
         target = _unique(class_dir / _clean_filename(base))
         target.write_bytes(content)
         report.written += 1

@@ -230,3 +230,20 @@ def test_it_imports_the_flower_photos_tgz_with_its_licence(
     dataset = services.dataset_import_url(project=project, name="flowers", background=False)
     assert dataset.status == Dataset.Status.READY, dataset.error
     assert dataset.class_counts == {"daisy": 2, "roses": 2}
+
+
+def test_it_adds_no_empty_class_when_every_photo_is_refused(project, data_dir):
+    dataset = services.dataset_create_empty(project=project, name="manual")
+    for name in ("red", "blue"):
+        services.dataset_add_images(
+            dataset=dataset,
+            class_name=name,
+            files=[(f"{name}{i}.jpg", jpeg_bytes()) for i in (1, 2)],
+        )
+    report = services.dataset_add_images(
+        dataset=dataset, class_name="green", files=[("notes.txt", b"no"), ("x.jpg", b"broken")]
+    )
+    dataset.refresh_from_db()
+    assert report.written == 0
+    assert dataset.class_counts == {"blue": 2, "red": 2}
+    assert not (dataset.path / "green").exists()
