@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import tarfile
+import unicodedata
 import urllib.request
 import uuid
 import zipfile
@@ -54,7 +55,9 @@ class Limits:
 
 
 def validate_class_name(name: str) -> str:
-    name = name.strip()
+    """The class name as stored: stripped and NFC-normalised (macOS writes "é" as "e" plus
+    a combining accent, browsers send one character; both must be the same class)."""
+    name = unicodedata.normalize("NFC", name.strip())
     if not CLASS_NAME.match(name) or name in (".", ".."):
         raise ImportRefused(
             f"“{name}” cannot be a class name: use letters, digits, spaces, dots, dashes or "
@@ -117,7 +120,7 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> ImportReport:
     listed in the report.
     """
     try:
-        zf = zipfile.ZipFile(archive)
+        zf = _open_zip(archive)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ImportRefused(f"The upload is not a readable zip file ({exc}).") from None
     with zf:
@@ -166,6 +169,15 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> ImportReport:
             report.written += 1
     _require_classes(dest, report)
     return report
+
+
+def _open_zip(archive: Path) -> zipfile.ZipFile:
+    """Open ``archive``, reading names not flagged as UTF-8 as UTF-8 when they are valid
+    UTF-8 (macOS's Archive Utility writes them so), else as the standard's cp437."""
+    try:
+        return zipfile.ZipFile(archive, metadata_encoding="utf-8")
+    except UnicodeDecodeError:
+        return zipfile.ZipFile(archive)
 
 
 def extract_tar(archive: Path, dest: Path, limits: Limits) -> ImportReport:
@@ -303,7 +315,7 @@ def _target_for(
         return None
     class_name, rest = split
     try:
-        validate_class_name(class_name)
+        class_name = validate_class_name(class_name)
     except ImportRefused as exc:
         report.reject(shown, str(exc))
         return None

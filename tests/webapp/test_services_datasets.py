@@ -247,3 +247,23 @@ def test_it_adds_no_empty_class_when_every_photo_is_refused(project, data_dir):
     assert report.written == 0
     assert dataset.class_counts == {"blue": 2, "red": 2}
     assert not (dataset.path / "green").exists()
+
+
+def test_it_reads_accented_class_names_zipped_on_a_mac(project, data_dir, tmp_path):
+    # macOS writes names decomposed (e + combining accent), and its Archive Utility stores
+    # them as UTF-8 without the zip flag that says so.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name in ("cafe\u0301/1.jpg", "cafe\u0301/2.jpg", "XXXXX/1.jpg", "XXXXX/2.jpg"):
+            zf.writestr(name, jpeg_bytes())
+    unflagged = buffer.getvalue().replace(b"XXXXX", "The\u0301".encode())
+    assert len(unflagged) == len(buffer.getvalue())
+    dataset = import_zip(project, unflagged, tmp_path)
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert dataset.class_counts == {"café": 2, "Thé": 2}
+    report = services.dataset_add_images(
+        dataset=dataset, class_name="café", files=[("3.jpg", jpeg_bytes())]
+    )
+    dataset.refresh_from_db()
+    assert report.written == 1
+    assert dataset.class_counts == {"café": 3, "Thé": 2}
