@@ -18,6 +18,7 @@ import unicodedata
 import urllib.request
 import uuid
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -144,6 +145,10 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> ImportReport:
                 continue
             if not parts or _is_ignored(parts):
                 continue
+            if info.flag_bits & 0x1:
+                raise ImportRefused(
+                    "The zip is password-protected; zip the folder again without a password."
+                )
             mode = info.external_attr >> 16
             if stat.S_ISLNK(mode):
                 report.reject(info.filename, "symbolic links are not allowed; skipped")
@@ -164,8 +169,18 @@ def extract_zip(archive: Path, dest: Path, limits: Limits) -> ImportReport:
             if written_total > limits.max_total_bytes:
                 raise ImportRefused("The zip unpacks to more than the allowed total size.")
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
+            try:
+                with zf.open(info) as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            except NotImplementedError as exc:
+                raise ImportRefused(
+                    f"{info.filename} cannot be unpacked ({exc}); zip the folder again with "
+                    "ordinary (deflate) compression."
+                ) from None
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                target.unlink(missing_ok=True)
+                report.reject(info.filename, f"damaged in the zip ({exc}); skipped")
+                continue
             report.written += 1
     _require_classes(dest, report)
     return report

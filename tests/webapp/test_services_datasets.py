@@ -267,3 +267,55 @@ def test_it_reads_accented_class_names_zipped_on_a_mac(project, data_dir, tmp_pa
     dataset.refresh_from_db()
     assert report.written == 1
     assert dataset.class_counts == {"café": 3, "Thé": 2}
+
+
+def _zip_of_four(compression: int = zipfile.ZIP_STORED) -> bytearray:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as zf:
+        for name in ("a/1.jpg", "a/2.jpg", "a/3.jpg", "b/1.jpg", "b/2.jpg"):
+            zf.writestr(name, jpeg_bytes())
+    return bytearray(buffer.getvalue())
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_it_skips_an_entry_damaged_in_the_zip_and_imports_the_rest(
+    project, data_dir, tmp_path, compression
+):
+    data = _zip_of_four(compression)
+    data[len(b"PK\x03\x04") + 26 + len("a/1.jpg") + 40] ^= 0xFF  # inside a/1.jpg's data
+    dataset = import_zip(project, bytes(data), tmp_path)
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert dataset.class_counts == {"a": 2, "b": 2}
+    reasons = {item["path"]: item["reason"] for item in dataset.rejected}
+    assert "damaged" in reasons["a/1.jpg"]
+    assert not (dataset.path / "a" / "1.jpg").exists()
+
+
+def test_it_refuses_a_password_protected_zip_in_words(project, data_dir, tmp_path):
+    data = _zip_of_four()
+    for header, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (start := data.find(header, start)) != -1:
+            data[start + flags_at] |= 0x1  # "encrypted"
+            start += 1
+    dataset = import_zip(project, bytes(data), tmp_path)
+    assert dataset.status == Dataset.Status.FAILED
+    assert "password" in dataset.error
+    assert "unexpectedly" not in dataset.error
+    assert not dataset.path.exists()
+
+
+def test_it_refuses_a_zip_compressed_with_an_unsupported_method_in_words(
+    project, data_dir, tmp_path
+):
+    data = _zip_of_four()
+    for header, method_at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        start = 0
+        while (start := data.find(header, start)) != -1:
+            data[start + method_at] = 9  # Deflate64, which Windows uses for large zips
+            start += 1
+    dataset = import_zip(project, bytes(data), tmp_path)
+    assert dataset.status == Dataset.Status.FAILED
+    assert "deflate" in dataset.error
+    assert "unexpectedly" not in dataset.error
+    assert not dataset.path.exists()
