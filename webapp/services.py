@@ -238,12 +238,19 @@ def dataset_import_zip(
     user: AbstractBaseUser | None = None,
     background: bool = True,
 ) -> Dataset:
-    """Keep the uploaded zip and import it (on the ``default`` queue unless not ``background``)."""
+    """Keep the uploaded zip and import it (on the ``default`` queue unless not ``background``).
+
+    Raises:
+        ValidationError: the zip is over ``GRAFT_MAX_ZIP_MB`` or the name is taken.
+        QueueUnavailable: ``background`` and the broker is down (nothing is created).
+    """
     size = upload.size if isinstance(upload, UploadedFile) else Path(upload).stat().st_size
     if size > settings.GRAFT_MAX_ZIP_MB * 2**20:
         raise ValidationError(
             {"archive": f"The zip is larger than the limit of {settings.GRAFT_MAX_ZIP_MB} MB."}
         )
+    if background:
+        _check_broker()
     with transaction.atomic():
         dataset = _dataset_new(project=project, name=name, source=Dataset.Source.ZIP, user=user)
         incoming = Path(settings.GRAFT_DATA_DIR) / "incoming"
@@ -317,7 +324,13 @@ def dataset_import_url(
 
 
 def _dataset_start_import(*, background: bool, **fields: Any) -> Dataset:
-    """Create the importing row, then import on the ``default`` queue or right here."""
+    """Create the importing row, then import on the ``default`` queue or right here.
+
+    Raises QueueUnavailable when ``background`` and the broker is down (nothing is created):
+    the row would otherwise say "importing" forever.
+    """
+    if background:
+        _check_broker()
     with transaction.atomic():
         dataset = _dataset_new(**fields)
         if background:

@@ -45,6 +45,7 @@ def test_it_returns_404_for_an_unknown_project(trainer_client, db):
     assert trainer_client.get(reverse("dataset_new", args=["nope"])).status_code == 404
 
 
+@pytest.mark.usefixtures("broker")  # imports start only while the queue is up
 def test_it_uploads_a_zip_and_shows_the_import_report(trainer_client, project, data_dir, tmp_path):
     response = trainer_client.post(
         reverse("dataset_upload_zip", args=[project.slug]),
@@ -68,6 +69,7 @@ def test_it_uploads_a_zip_and_shows_the_import_report(trainer_client, project, d
     assert content.count(f"/projects/flowers/datasets/{dataset.pk}/thumb/") == 6
 
 
+@pytest.mark.usefixtures("broker")  # imports start only while the queue is up
 def test_it_answers_the_progress_bar_upload_with_json(trainer_client, project, data_dir, tmp_path):
     url = reverse("dataset_upload_zip", args=[project.slug])
     response = trainer_client.post(
@@ -82,6 +84,7 @@ def test_it_answers_the_progress_bar_upload_with_json(trainer_client, project, d
     assert "already has a dataset" in again.json()["errors"]["name"][0]["message"]
 
 
+@pytest.mark.usefixtures("broker")  # imports start only while the queue is up
 def test_it_shows_a_duplicate_name_inline(trainer_client, project, data_dir, tmp_path):
     make_dataset(project, "garden")
     response = trainer_client.post(
@@ -153,6 +156,7 @@ def test_it_forbids_adding_photos_without_the_train_permission(viewer_client, pr
     assert viewer_client.post(url, {"class_name": "x", "files": [photo]}).status_code == 403
 
 
+@pytest.mark.usefixtures("broker")  # imports start only while the queue is up
 def test_it_imports_only_from_allowed_server_folders(trainer_client, project, data_dir, tmp_path):
     allowed = tmp_path / "allowed"
     folder = image_folder(allowed / "flowers")
@@ -172,6 +176,7 @@ def test_it_says_folder_imports_are_off_without_roots(trainer_client, project, s
     assert b"GRAFT_IMPORT_ROOTS" in response.content
 
 
+@pytest.mark.usefixtures("broker")  # imports start only while the queue is up
 def test_it_starts_the_flowers_import(trainer_client, project, data_dir):
     response = trainer_client.post(
         reverse("dataset_import_url", args=[project.slug]), {"name": "flower_photos"}
@@ -211,3 +216,32 @@ def test_it_serves_no_file_outside_the_dataset(viewer_client, project, data_dir,
     assert viewer_client.get(url).status_code == 404
     url = reverse("dataset_thumbnail", args=[project.slug, dataset.pk, "../../../secret.jpg"])
     assert viewer_client.get(url).status_code == 404
+
+
+@pytest.mark.parametrize("via", ["zip", "json", "folder", "url"])
+def test_it_says_when_the_broker_is_down_and_starts_no_import(
+    trainer_client, project, data_dir, tmp_path, monkeypatch, via
+):
+    from worker import app
+
+    monkeypatch.setattr(app.conf, "broker_write_url", f"redis+socket://{tmp_path}/nothing.sock")
+    folder = image_folder(tmp_path / "allowed" / "flowers")
+    posts = {
+        "zip": ("dataset_upload_zip", {"archive": _zip(tmp_path)}, {}),
+        "json": (
+            "dataset_upload_zip",
+            {"archive": _zip(tmp_path)},
+            {"headers": {"Accept": "application/json"}},
+        ),
+        "folder": ("dataset_import_folder", {"path": str(folder)}, {}),
+        "url": ("dataset_import_url", {}, {}),
+    }
+    view, data, extra = posts[via]
+    with override_settings(GRAFT_IMPORT_ROOTS=[tmp_path / "allowed"]):
+        response = trainer_client.post(
+            reverse(view, args=[project.slug]), {"name": "garden", **data}, **extra
+        )
+    assert response.status_code == 503
+    assert "The job queue is unavailable" in response.content.decode()
+    assert not Dataset.objects.exists()
+    assert not (data_dir / "incoming").exists()

@@ -68,6 +68,7 @@ def dataset_upload_zip(request: HttpRequest, slug: str) -> HttpResponse:
     """Keep the zip and start its import. Answers JSON to the page's progress-bar upload."""
     project = _project(slug)
     form = DatasetZipForm(request.POST, request.FILES)
+    status = 400
     if form.is_valid():
         try:
             dataset = services.dataset_import_zip(
@@ -78,14 +79,17 @@ def dataset_upload_zip(request: HttpRequest, slug: str) -> HttpResponse:
             )
         except ValidationError as exc:
             add_service_errors(form, exc)
+        except services.QueueUnavailable as exc:
+            form.add_error(None, str(exc))
+            status = 503
         else:
             messages.success(request, f"Uploaded “{dataset.source_detail}”; importing it now.")
             if _wants_json(request):
                 return JsonResponse({"redirect": dataset.get_absolute_url()})
             return redirect(dataset)
     if _wants_json(request):
-        return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
-    return _render_new(request, project, status=400, zip_form=form)
+        return JsonResponse({"errors": form.errors.get_json_data()}, status=status)
+    return _render_new(request, project, status=status, zip_form=form)
 
 
 @require_POST
@@ -111,6 +115,7 @@ def dataset_create(request: HttpRequest, slug: str) -> HttpResponse:
 def dataset_import_folder(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(slug)
     form = DatasetFolderForm(request.POST)
+    status = 400
     if form.is_valid():
         try:
             dataset = services.dataset_import_directory(
@@ -122,10 +127,13 @@ def dataset_import_folder(request: HttpRequest, slug: str) -> HttpResponse:
             )
         except ValidationError as exc:
             add_service_errors(form, exc)
+        except services.QueueUnavailable as exc:
+            form.add_error(None, str(exc))
+            status = 503
         else:
             messages.success(request, f"Importing {dataset.source_detail}.")
             return redirect(dataset)
-    return _render_new(request, project, status=400, folder_form=form)
+    return _render_new(request, project, status=status, folder_form=form)
 
 
 @require_POST
@@ -134,6 +142,7 @@ def dataset_import_url(request: HttpRequest, slug: str) -> HttpResponse:
     """Import TensorFlow's flower_photos sample from its public URL."""
     project = _project(slug)
     form = DatasetUrlForm(request.POST)
+    status = 400
     if form.is_valid():
         try:
             dataset = services.dataset_import_url(
@@ -141,10 +150,13 @@ def dataset_import_url(request: HttpRequest, slug: str) -> HttpResponse:
             )
         except ValidationError as exc:
             add_service_errors(form, exc)
+        except services.QueueUnavailable as exc:
+            form.add_error(None, str(exc))
+            status = 503
         else:
             messages.success(request, "Downloading the flower_photos sample (about 220 MB).")
             return redirect(dataset)
-    return _render_new(request, project, status=400, url_form=form)
+    return _render_new(request, project, status=status, url_form=form)
 
 
 def _detail_context(dataset: Dataset, add_form: AddImagesForm | None = None) -> dict:
