@@ -159,7 +159,12 @@ def batch_results(
         return out
     wanted_errors = min(batch.failed, errors)
     with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
+        for cells in csv.DictReader(handle):
+            # A text cell that starts with an apostrophe was escaped against spreadsheet
+            # formulas (services._csv_text_cell).
+            row = {
+                key: value[1:] if value.startswith("'") else value for key, value in cells.items()
+            }
             if len(out["rows"]) < rows:
                 out["rows"].append(row)
             if row["error"] and len(out["errors"]) < wanted_errors:

@@ -1749,6 +1749,19 @@ def _top_k(labels: list[str], probs: Any, k: int) -> list[dict[str, Any]]:
     return [{"label": labels[i], "confidence": float(probs[i])} for i in order]
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula ("CSV injection").
+CSV_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_text_cell(value: str) -> str:
+    """``value`` for a text cell of the results CSV, which people open in spreadsheets: a
+    leading apostrophe keeps one that starts like a formula (a file name in an uploaded zip,
+    say) text. One that starts with an apostrophe gets another, so that
+    ``selectors.batch_results`` reads every value back exactly by dropping the first.
+    """
+    return f"'{value}" if value.startswith((*CSV_FORMULA_STARTS, "'")) else value
+
+
 class _BatchResults:
     """Streams result rows to ``results.csv`` and ``results.json``, moved in at the end."""
 
@@ -1778,7 +1791,15 @@ class _BatchResults:
         for row in rows:
             top = " | ".join(f"{t['label']}={t['confidence']:.4f}" for t in row["top"])
             confidence = "" if row["confidence"] is None else f"{row['confidence']:.6f}"
-            self._csv.writerow([row["file"], row["label"] or "", confidence, top, row["error"]])
+            self._csv.writerow(
+                [
+                    _csv_text_cell(row["file"]),
+                    _csv_text_cell(row["label"] or ""),
+                    confidence,
+                    _csv_text_cell(top),
+                    _csv_text_cell(row["error"] or ""),
+                ]
+            )
             self._json_file.write(("" if self._first else ",\n") + json.dumps(row))
             self._first = False
 

@@ -74,6 +74,29 @@ def test_it_writes_csv_and_json_results_with_an_error_per_bad_file(served_projec
     assert Prediction.objects.filter(source=Prediction.Source.BATCH).count() == 2
 
 
+def test_it_keeps_file_names_that_look_like_formulas_as_text_in_the_csv(served_project, viewer_api):
+    names = ['=HYPERLINK("http://evil")', "+1.jpg", "-2.jpg", "@SUM(A1).jpg", "'quoted.jpg"]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names[:-1]:
+            archive.writestr(f"{name}.png", b"not a png")
+        archive.writestr(names[-1], jpeg())
+    upload = SimpleUploadedFile("p.zip", buffer.getvalue())
+    batch_id = viewer_api.post(URL, {"files": upload}).json()["id"]
+    services.batch_run(batch_id=batch_id)
+
+    rows = list(csv.DictReader(io.StringIO(_download(viewer_api, batch_id, "csv"))))
+    assert [r["file"] for r in rows] == [
+        '\'=HYPERLINK("http://evil").png',
+        "'+1.jpg.png",
+        "'-2.jpg.png",
+        "'@SUM(A1).jpg.png",
+        "''quoted.jpg",
+    ]
+    results = json.loads(_download(viewer_api, batch_id, "json"))["results"]
+    assert results[0]["file"] == '=HYPERLINK("http://evil").png'
+
+
 def test_it_accepts_several_photos(served_project, viewer_api):
     files = [SimpleUploadedFile(f"p{i}.jpg", jpeg()) for i in range(3)]
 

@@ -256,6 +256,19 @@ def test_it_shows_the_outcome_errors_per_file_and_downloads(viewer_client, serve
     assert any(label in labels for label in SERVED_LABELS[1])
 
 
+def test_it_shows_file_names_escaped_in_the_csv_as_they_were(viewer_client, served_project):
+    with mock.patch("webapp.health.check_workers", return_value={"ok": True, "workers": ["w"]}):
+        _start(viewer_client, _zip({"=cmd.png": b"not a png", "'quoted.jpg": jpeg_bytes()}))
+    batch = BatchClassification.objects.get()
+    services.batch_run(batch_id=batch.pk)
+
+    content = viewer_client.get(batch.get_absolute_url()).content.decode()
+
+    errors = content[content.index('id="batch-errors"') :]
+    assert "<code>=cmd.png</code>" in errors
+    assert "<code>&#x27;quoted.jpg</code>" in content
+
+
 def test_it_shows_live_progress_while_a_batch_runs(viewer_client, served_project):
     batch = BatchClassification.objects.create(
         project=served_project, version_number=1, status="running", total=5, done=2, failed=1
