@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import html
+import json
+import re
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
@@ -105,6 +109,27 @@ def test_it_refuses_a_bad_correction_inline(viewer_client, viewer, served_projec
     assert b"cannot be a class name" in response.content
     prediction.refresh_from_db()
     assert prediction.corrected_label == ""
+
+
+def _htmx_swaps(page: str, status: int) -> bool:
+    """Whether htmx 2 puts an answer with ``status`` into the page: the first rule of the
+    page's ``htmx-config`` whose code matches (htmx's own defaults swap no 4xx)."""
+    meta = re.search(r"<meta name=\"htmx-config\" content='([^']*)'>", page)
+    assert meta, "the page does not configure htmx"
+    for rule in json.loads(html.unescape(meta[1]))["responseHandling"]:
+        if re.search(rule["code"], str(status)):
+            return rule["swap"]
+    return False
+
+
+def test_it_shows_the_refusals_htmx_gets_as_400_in_the_page(viewer_client, served_project):
+    # A refused photo form or correction comes back as a 400 fragment holding the reason.
+    page = viewer_client.get(reverse("classify")).content.decode()
+
+    assert _htmx_swaps(page, 400)
+    assert _htmx_swaps(page, 200)
+    assert not _htmx_swaps(page, 204)
+    assert not _htmx_swaps(page, 403) and not _htmx_swaps(page, 500)
 
 
 def test_it_adds_a_corrected_photo_to_a_dataset(trainer_client, served_project, settings):
