@@ -202,15 +202,30 @@ class AddToDatasetForm(forms.Form):
         ).order_by("name")
 
 
+# The project fields below offer only projects with an active version.
+NO_ACTIVE_VERSION = (
+    "That project has no active model version to classify with; train or activate one first."
+)
+
+
 class ClassifyForm(forms.Form):
     project = forms.ModelChoiceField(
-        queryset=Project.objects.none(), empty_label=None, to_field_name="slug"
+        queryset=Project.objects.none(),
+        empty_label=None,
+        to_field_name="slug",
+        error_messages={"invalid_choice": NO_ACTIVE_VERSION},
     )
     photos = MultipleImageField(label="Photos")
 
     def __init__(self, *args: Any, projects: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["project"].queryset = projects
+
+    def clean_photos(self) -> list:
+        photos = self.cleaned_data["photos"]
+        if not photos:
+            raise ValidationError("Choose one or more photos to classify.")
+        return photos
 
 
 class BatchForm(forms.Form):
@@ -220,10 +235,7 @@ class BatchForm(forms.Form):
         queryset=Project.objects.none(),
         empty_label=None,
         to_field_name="slug",
-        error_messages={
-            "invalid_choice": "That project has no active model version to classify with; "
-            "train or activate one first."
-        },
+        error_messages={"invalid_choice": NO_ACTIVE_VERSION},
     )
     files = MultipleImageField(
         label="A zip of photos, or several photos",

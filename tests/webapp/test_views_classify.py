@@ -76,6 +76,28 @@ def test_it_refuses_a_project_without_an_active_version(viewer_client, served_pr
         reverse("classify_photos"), {"project": "empty", "photos": [_photo()]}, headers=HTMX
     )
     assert response.status_code == 400
+    assert "has no active model version to classify with" in response.content.decode()
+    assert not Prediction.objects.exists()
+
+
+def test_it_asks_for_a_photo_when_none_was_sent(viewer_client, served_project):
+    response = viewer_client.post(reverse("classify_photos"), {"project": "flowers"}, headers=HTMX)
+
+    assert response.status_code == 400
+    assert "Choose one or more photos to classify." in response.content.decode()
+
+
+@pytest.mark.parametrize("headers", [HTMX, {}], ids=["htmx", "plain"])
+def test_it_says_how_many_photos_it_takes_at_once(viewer_client, served_project, settings, headers):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 2
+    photos = [_photo("a.jpg"), _photo("b.jpg"), _photo("c.jpg")]
+
+    response = viewer_client.post(
+        reverse("classify_photos"), {"project": "flowers", "photos": photos}, headers=headers
+    )
+
+    assert response.status_code == 400
+    assert "Send at most 2 photos at once" in response.content.decode()
     assert not Prediction.objects.exists()
 
 

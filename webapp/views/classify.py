@@ -78,7 +78,23 @@ def classify(request: HttpRequest) -> HttpResponse:
 @require_POST
 def classify_photos(request: HttpRequest) -> HttpResponse:
     """Classify each uploaded photo with the chosen project's active version."""
-    form = ClassifyForm(request.POST, request.FILES, projects=selectors.classify_projects())
+    projects = selectors.classify_projects()
+    try:
+        form = ClassifyForm(request.POST, request.FILES, projects=projects)
+    except TooManyFilesSent:  # the upload could not even be read
+        refusal = (
+            f"Send at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} photos at once; "
+            "classify more as a batch (“Many photos?” below)."
+        )
+        if _is_htmx(request):
+            return render(
+                request,
+                "classify/_results.html",
+                {"form_errors": {"photos": [refusal]}},
+                status=400,
+            )
+        messages.error(request, refusal)
+        return _page(request, ClassifyForm(projects=projects), status=400)
     if not form.is_valid():
         if _is_htmx(request):
             return render(
