@@ -321,6 +321,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Train, version and serve transfer-learning image classifiers.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request bodies get their own components, so uploads are documented as files (binary).
+    "COMPONENT_SPLIT_REQUEST": True,
     # Training jobs and batches share one set of statuses (queued ... cancelled).
     "ENUM_NAME_OVERRIDES": {"RunStatusEnum": "webapp.models.BatchClassification.Status"},
     "SWAGGER_UI_DIST": "SIDECAR",

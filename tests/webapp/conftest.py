@@ -153,6 +153,23 @@ def token_client(user: User):
     return client
 
 
+def documented(schema: dict, ref: dict, body: object) -> None:
+    """Raises unless ``body`` fits the OpenAPI schema ``ref`` (resolved in ``schema``)."""
+    import jsonschema
+
+    jsonschema.validate(body, _json_schema({**ref, "components": schema["components"]}))
+
+
+def _json_schema(node: object) -> object:
+    """OpenAPI 3.0's ``nullable: true`` in JSON Schema's words."""
+    if isinstance(node, list):
+        return [_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _json_schema(value) for key, value in node.items() if key != "nullable"}
+    return {"anyOf": [converted, {"type": "null"}]} if node.get("nullable") else converted
+
+
 @pytest.fixture
 def viewer_api(viewer):
     return token_client(viewer)

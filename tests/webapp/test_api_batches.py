@@ -12,7 +12,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from PIL import Image
 
-from tests.webapp.conftest import SERVED_LABELS
+from tests.webapp.conftest import SERVED_LABELS, documented
 from webapp import services
 from webapp.models import BatchClassification, Prediction
 
@@ -298,6 +298,22 @@ def test_it_documents_the_batch_actions_in_the_schema(client, db):
         True,
         True,
     )
+
+
+def test_it_documents_both_results_formats(served_project, viewer_api, client):
+    batch_id = viewer_api.post(URL, {"files": SimpleUploadedFile("p.zip", photos_zip())}).json()[
+        "id"
+    ]
+    services.batch_run(batch_id=batch_id)
+    schema = client.get("/api/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+
+    operation = schema["paths"]["/api/v1/batches/{id}/results.{fmt}"]["get"]
+    fmt = next(p for p in operation["parameters"] if p["name"] == "fmt")
+    assert fmt["schema"]["enum"] == ["csv", "json"]
+    content = operation["responses"]["200"]["content"]
+    assert content["text/csv"]["schema"]["format"] == "binary"
+    results = json.loads(_download(viewer_api, batch_id, "json"))
+    documented(schema, content["application/json"]["schema"], results)
 
 
 def _download(client, batch_id: int, fmt: str) -> str:

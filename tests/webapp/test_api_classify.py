@@ -9,7 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image
 
-from tests.webapp.conftest import SERVED_LABELS, token_client
+from tests.webapp.conftest import SERVED_LABELS, documented, token_client
 from webapp.api.throttling import TokenRateThrottle
 from webapp.models import Prediction, Project
 
@@ -195,3 +195,18 @@ def test_it_answers_503_when_the_active_version_is_damaged(
     assert response.status_code == 503
     assert response.json()["code"] == "version_unavailable"
     assert "checksum" in response.json()["detail"]
+
+
+def test_it_documents_the_upload_the_answer_and_every_error(served_project, viewer_api):
+    schema = Client().get("/api/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    operation = schema["paths"]["/api/v1/projects/{slug}/classify"]["post"]
+    request = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    name = request["$ref"].rsplit("/", 1)[-1]
+
+    image = schema["components"]["schemas"][name]["properties"]["image"]
+    assert (image["type"], image["format"]) == ("string", "binary")  # a file picker
+    assert {"400", "401", "404", "409", "413", "415", "429", "503"} <= set(operation["responses"])
+    answer = viewer_api.post(URL, upload(jpeg()), format="multipart").json()
+    documented(
+        schema, operation["responses"]["200"]["content"]["application/json"]["schema"], answer
+    )

@@ -151,7 +151,7 @@ class LabelConfidenceSerializer(serializers.Serializer):
     confidence = serializers.FloatField()
 
 
-class ClassifyRequestSerializer(serializers.Serializer):
+class ClassifySerializer(serializers.Serializer):
     image = serializers.FileField(help_text="The photo (JPEG, PNG, BMP, WebP or GIF).")
 
 
@@ -177,11 +177,32 @@ class ClassifyResponseSerializer(serializers.Serializer):
         }
 
 
-class BatchRequestSerializer(serializers.Serializer):
+class BatchCreateSerializer(serializers.Serializer):
     files = serializers.ListField(
         child=serializers.FileField(),
         help_text="One zip of photos, or several photos (repeat the field).",
     )
+
+
+class BatchResultSerializer(serializers.Serializer):
+    """One photo's row in ``results.json`` (``results.csv`` has the same columns)."""
+
+    file = serializers.CharField(help_text="Its name, with its folders in the zip.")
+    label = serializers.CharField(allow_null=True)
+    confidence = serializers.FloatField(allow_null=True)
+    top = LabelConfidenceSerializer(many=True)
+    error = serializers.CharField(
+        allow_null=True, help_text="Why the file was not classified; null when it was."
+    )
+
+
+class BatchResultsSerializer(serializers.Serializer):
+    """``results.json``: every file of the batch, in upload order."""
+
+    batch = serializers.IntegerField()
+    project = serializers.CharField(help_text="The project's slug.")
+    version = serializers.IntegerField(help_text="Number of the version that answered.")
+    results = BatchResultSerializer(many=True)
 
 
 class BatchSerializer(serializers.ModelSerializer):

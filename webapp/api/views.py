@@ -12,7 +12,12 @@ from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.exceptions import ValidationError as APIValidationError
@@ -82,8 +87,11 @@ class Classify(APIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema(
-        request={"multipart/form-data": s.ClassifyRequestSerializer},
-        responses={200: s.ClassifyResponseSerializer, **_errors(400, 401, 404, 409, 413, 429)},
+        request={"multipart/form-data": s.ClassifySerializer},
+        responses={
+            200: s.ClassifyResponseSerializer,
+            **_errors(400, 401, 404, 409, 413, 415, 429, 503),
+        },
     )
     def post(self, request: Request, slug: str) -> Response:
         project = _project(slug)
@@ -216,8 +224,8 @@ class BatchCreate(APIView):
     parser_classes = [MultiPartParser]
 
     @extend_schema(
-        request={"multipart/form-data": s.BatchRequestSerializer},
-        responses={202: s.BatchSerializer, **_errors(400, 401, 404, 409, 413, 503)},
+        request={"multipart/form-data": s.BatchCreateSerializer},
+        responses={202: s.BatchSerializer, **_errors(400, 401, 404, 409, 413, 415, 503)},
     )
     def post(self, request: Request, slug: str) -> Response:
         project = _project(slug)
@@ -263,7 +271,19 @@ class BatchCancel(APIView):
 
 
 class BatchResults(APIView):
-    @extend_schema(responses={(200, "text/csv"): OpenApiTypes.BINARY, **_errors(401, 404, 409)})
+    """A finished batch's results, as CSV or JSON (409 until it has some)."""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("id", int, OpenApiParameter.PATH),
+            OpenApiParameter("fmt", str, OpenApiParameter.PATH, enum=["csv", "json"]),
+        ],
+        responses={
+            (200, "text/csv"): OpenApiTypes.BINARY,
+            (200, "application/json"): s.BatchResultsSerializer,
+            **_errors(401, 404, 409),
+        },
+    )
     def get(self, request: Request, pk: int, fmt: str) -> FileResponse | Response:
         batch = get_object_or_404(BatchClassification, pk=pk)
         if not batch.has_results:
