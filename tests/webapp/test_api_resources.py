@@ -19,6 +19,20 @@ def test_it_lists_projects_with_their_active_version(served_project, viewer_api)
     assert response.json()["results"][0]["active_version"] == 1
 
 
+def test_it_pages_lists_and_caps_the_page_size(viewer_api, db):
+    from webapp.api.pagination import MAX_LIMIT
+    from webapp.models import Project
+
+    Project.objects.bulk_create(Project(name=f"P{i}", slug=f"p{i}") for i in range(MAX_LIMIT + 1))
+
+    default = viewer_api.get("/api/v1/projects").json()
+    greedy = viewer_api.get("/api/v1/projects?limit=1000000").json()
+
+    assert (default["count"], len(default["results"])) == (MAX_LIMIT + 1, 50)
+    assert (greedy["count"], len(greedy["results"])) == (MAX_LIMIT + 1, MAX_LIMIT)
+    assert f"offset={MAX_LIMIT}" in greedy["next"]
+
+
 def test_it_refuses_lists_without_authentication(served_project):
     assert Client().get("/api/v1/projects").status_code == 401
 
