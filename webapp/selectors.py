@@ -158,7 +158,7 @@ def batch_results(
     if not batch.has_results or not path.is_file():
         return out
     wanted_errors = min(batch.failed, errors)
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         for cells in csv.DictReader(handle):
             # A text cell that starts with an apostrophe was escaped against spreadsheet
             # formulas (services._csv_text_cell).

@@ -1775,8 +1775,9 @@ class _BatchResults:
         }
 
     def __enter__(self) -> _BatchResults:
-        self._csv_file = open(self._tmp["csv"], "w", newline="")  # noqa: SIM115
-        self._json_file = open(self._tmp["json"], "w")  # noqa: SIM115
+        # UTF-8 whatever the worker's locale: file names come from users' zips.
+        self._csv_file = open(self._tmp["csv"], "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._json_file = open(self._tmp["json"], "w", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._csv_file)
         self._csv.writerow(["file", "label", "confidence", "top", "error"])
         head = {

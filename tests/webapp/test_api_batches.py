@@ -97,6 +97,18 @@ def test_it_keeps_file_names_that_look_like_formulas_as_text_in_the_csv(served_p
     assert results[0]["file"] == '=HYPERLINK("http://evil").png'
 
 
+def test_it_serves_the_csv_as_utf8_whatever_the_file_names(served_project, viewer_api):
+    upload = SimpleUploadedFile("Pâquerette über 雏菊.jpg", jpeg())
+    batch_id = viewer_api.post(URL, {"files": upload}).json()["id"]
+    services.batch_run(batch_id=batch_id)
+
+    response = viewer_api.get(f"/api/v1/batches/{batch_id}/results.csv")
+
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    body = b"".join(response.streaming_content).decode("utf-8")
+    assert next(csv.DictReader(io.StringIO(body)))["file"] == "Pâquerette über 雏菊.jpg"
+
+
 def test_it_accepts_several_photos(served_project, viewer_api):
     files = [SimpleUploadedFile(f"p{i}.jpg", jpeg()) for i in range(3)]
 

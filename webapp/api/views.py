@@ -302,5 +302,5 @@ class BatchResults(APIView):
             open(path, "rb"),  # noqa: SIM115 - FileResponse closes it
             as_attachment=True,
             filename=f"{batch.project.slug}-batch-{batch.pk}.{fmt}",
-            content_type="text/csv" if fmt == "csv" else "application/json",
+            content_type="text/csv; charset=utf-8" if fmt == "csv" else "application/json",
         )
