@@ -199,8 +199,13 @@ def test_the_whole_story(browser, live_server, person, data_dir, start_worker, s
     assert card.query_selector_all(".bars li")
     shoot(page, "09-classify")
     card.query_selector("summary").click()
-    card.query_selector("input[name=label]").fill("apple")
     card_id = card.get_attribute("id")
+    # A refused correction (answered 400) shows its reason in the card.
+    card.query_selector("input[name=label]").fill("../x")
+    card.query_selector("form.correct button").click()
+    page.wait_for_selector(f"#{card_id} .error-text")
+    card = page.query_selector(f"#{card_id}")
+    card.query_selector("input[name=label]").fill("apple")
     card.query_selector("form.correct button").click()
     page.wait_for_selector(f"#{card_id} .badge:text('really apple')")
 
