@@ -689,7 +689,7 @@ def training_job_succeed(
             shutil.rmtree(staged_dir, ignore_errors=True)
             return None
         project = Project.objects.select_for_update().get(pk=job.project_id)
-        number = (project.versions.aggregate(n=Max("number"))["n"] or 0) + 1
+        number = _next_version_number(project)
         relative = f"models/{project.slug}/v{number}"
         final = Path(settings.GRAFT_DATA_DIR) / relative
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -740,6 +740,17 @@ def training_job_succeed(
             os.rename(final, staged_dir)
             raise
     return version
+
+
+def _next_version_number(project: Project) -> int:
+    """One above every number the project has used: a deleted version's number stays
+    taken (the audit log remembers it), so "v3" in the log, in predictions and in a
+    rollback always means the same model."""
+    used = [
+        project.versions.aggregate(n=Max("number"))["n"],
+        project.activations.aggregate(n=Max("version_number"))["n"],
+    ]
+    return max(n or 0 for n in used) + 1
 
 
 def _folder_bytes(folder: Path) -> int:
