@@ -42,9 +42,18 @@ def make_job(project: Project, dataset: Dataset, **fields) -> TrainingJob:
     return TrainingJob.objects.create(project=project, dataset=dataset, **fields)
 
 
-def make_version(project: Project, number: int, **fields) -> ModelVersion:
+def make_version(
+    project: Project, number: int, *, with_files: bool = False, **fields
+) -> ModelVersion:
+    """A version row; ``with_files`` also writes the files serving needs (placeholder bytes,
+    no checksums recorded), so it can be activated."""
     defaults = {
         "directory": f"models/{project.slug}/v{number}",
         "class_names": ["a", "b"],
     }
-    return ModelVersion.objects.create(project=project, number=number, **{**defaults, **fields})
+    version = ModelVersion.objects.create(project=project, number=number, **{**defaults, **fields})
+    if with_files:
+        version.path.mkdir(parents=True)
+        for name in ModelVersion.DOWNLOADS:
+            (version.path / name).write_bytes(b"x" * 10)
+    return version

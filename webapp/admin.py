@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -133,7 +134,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return
-        version = services.model_version_activate(version=queryset.get(), user=request.user)
+        try:
+            version = services.model_version_activate(version=queryset.get(), user=request.user)
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            return
         self.message_user(request, f"{version} is now active.", messages.SUCCESS)
 
     @admin.action(description="Quantize to int8 (background)", permissions=["activate"])

@@ -95,6 +95,7 @@ def model_version_activate(
     previous = ModelVersion.objects.filter(project_id=version.project_id, is_active=True).first()
     if previous and previous.pk == version.pk:
         return version
+    _check_servable(version, previous)
     if previous:
         ModelVersion.objects.filter(pk=previous.pk).update(is_active=False)
     now = timezone.now()
@@ -114,6 +115,35 @@ def model_version_activate(
     )
     version.refresh_from_db()
     return version
+
+
+# What serving needs of a version; its int8 copy is optional (a damaged one is not served).
+SERVED_FILES = ("metadata.json", "model.tflite", "labels.json")
+
+
+def _check_servable(version: ModelVersion, previous: ModelVersion | None) -> None:
+    """Refuse a version whose files serving would refuse (missing, or not the bytes its
+    export recorded), before it replaces ``previous``: activating it would turn every
+    classification into an error."""
+    from classifier.serving import sha256_file
+
+    files = version.files or {}
+    problems = [name for name in SERVED_FILES if not (version.path / name).is_file()]
+    for name, entry in sorted(files.items()):
+        if name in problems or name == "model.int8.tflite" or not isinstance(entry, dict):
+            continue
+        try:
+            intact = sha256_file(version.path / name) == entry.get("sha256")
+        except ClassifierError:
+            intact = False
+        if not intact:
+            problems.append(name)
+    if problems:
+        kept = f"{previous.label} stays active" if previous else "no version is active"
+        raise ValidationError(
+            f"{version.label} cannot be activated: its files are missing or damaged "
+            f"({', '.join(sorted(problems))} in {version.path}); {kept}."
+        )
 
 
 @transaction.atomic

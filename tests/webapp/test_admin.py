@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
@@ -22,7 +23,7 @@ def rows(db, data_dir):
     project = make_project()
     dataset = make_dataset(project)
     job = make_job(project, dataset)
-    version = make_version(project, 1, job=job, dataset=dataset)
+    version = make_version(project, 1, job=job, dataset=dataset, with_files=True)
     batch = BatchClassification.objects.create(
         project=project, version=version, version_number=1, status="succeeded", total=2, done=2
     )
@@ -217,3 +218,17 @@ def test_it_shows_who_cancelled_read_only(admin_client, admin_user, rows, model)
     link = reverse("admin:auth_user_change", args=[admin_user.pk])
     assert f'<div class="readonly"><a href="{link}">alice</a></div>' in field
     assert 'name="cancelled_by"' not in page
+
+
+def test_it_says_why_the_admin_action_cannot_activate_a_damaged_version(admin_client, rows):
+    (rows["modelversion"].path / "model.tflite").unlink()
+
+    response = admin_client.post(
+        reverse("admin:webapp_modelversion_changelist"),
+        {"action": "activate_selected", "_selected_action": [rows["modelversion"].pk]},
+    )
+
+    assert response.status_code == 302
+    said = [str(message) for message in get_messages(response.wsgi_request)]
+    assert len(said) == 1 and said[0].startswith("v1 cannot be activated")
+    assert not ModelVersion.objects.get(pk=rows["modelversion"].pk).is_active

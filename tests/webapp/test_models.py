@@ -34,10 +34,10 @@ def test_it_rejects_a_duplicate_version_number_in_a_project():
 
 
 @pytest.mark.django_db
-def test_it_moves_the_active_flag_and_audits_the_activation(admin_user):
+def test_it_moves_the_active_flag_and_audits_the_activation(admin_user, data_dir):
     project = make_project()
-    v1 = make_version(project, 1)
-    v2 = make_version(project, 2)
+    v1 = make_version(project, 1, with_files=True)
+    v2 = make_version(project, 2, with_files=True)
     model_version_activate(version=v1, user=admin_user)
     model_version_activate(version=v2, user=admin_user)
     v1.refresh_from_db()

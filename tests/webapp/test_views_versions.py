@@ -209,6 +209,16 @@ def test_it_confirms_then_activates_and_audits(manager_client, manager, versions
     assert b"v2 is now active" in response.content
 
 
+def test_it_refuses_to_activate_a_version_whose_model_file_is_missing(manager_client, versions):
+    (versions[1].path / "model.tflite").unlink()
+
+    response = manager_client.post(reverse("version_activate", args=["pets", 2]), follow=True)
+
+    assert b"v2 cannot be activated: its files are missing or damaged" in response.content
+    assert b"v1 stays active" in response.content
+    assert ModelVersion.objects.get(is_active=True).number == 1
+
+
 def test_it_rolls_back_to_the_previously_active_version(manager_client, versions):
     manager_client.post(reverse("version_activate", args=["pets", 2]))
     confirm = manager_client.get(reverse("project_rollback", args=["pets"]))

@@ -42,6 +42,7 @@ def _staged(data_dir, job: TrainingJob):
     staged = data_dir / "models" / ".staging" / f"job-{job.pk}-1"
     staged.mkdir(parents=True)
     (staged / "model.tflite").write_bytes(b"model")
+    (staged / "labels.json").write_text('["a", "b"]')
     (staged / "metadata.json").write_text(json.dumps({"files": {}}))
     return staged
 
