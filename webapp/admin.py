@@ -104,6 +104,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
+    """Versions come from training jobs; deleting one goes through
+    ``services.model_version_delete`` (never the active one; audited; its files go too)."""
+
     list_display = ["__str__", "project", "number", "is_active", "val_accuracy", "created_at"]
     list_filter = ["is_active", "project"]
     search_fields = ["project__name", "notes", "dataset_fingerprint"]
@@ -161,6 +164,18 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def has_activate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("webapp.manage_versions")
+
+    def has_delete_permission(self, request: HttpRequest, obj: ModelVersion | None = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or not obj.is_active)
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would skip the service (audit, files)
+        return actions
+
+    def delete_model(self, request: HttpRequest, obj: ModelVersion) -> None:
+        services.model_version_delete(version=obj, user=request.user)
 
 
 @admin.register(ActivationEvent)

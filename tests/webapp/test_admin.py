@@ -6,6 +6,7 @@ from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
 from webapp.models import ActivationEvent, BatchClassification, ModelVersion
+from webapp.services import model_version_activate
 
 MODELS = [
     "project",
@@ -232,3 +233,36 @@ def test_it_says_why_the_admin_action_cannot_activate_a_damaged_version(admin_cl
     said = [str(message) for message in get_messages(response.wsgi_request)]
     assert len(said) == 1 and said[0].startswith("v1 cannot be activated")
     assert not ModelVersion.objects.get(pk=rows["modelversion"].pk).is_active
+
+
+def test_it_deletes_an_inactive_version_with_its_files_and_audits_it(
+    admin_client, admin_user, rows, django_capture_on_commit_callbacks
+):
+    version = rows["modelversion"]
+    url = reverse("admin:webapp_modelversion_delete", args=[version.pk])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not ModelVersion.objects.filter(pk=version.pk).exists()
+    assert not version.path.exists()
+    event = ActivationEvent.objects.get()
+    assert (event.action, event.version_number, event.user) == ("delete", 1, admin_user)
+
+
+def test_it_offers_no_delete_for_the_active_version(admin_client, rows):
+    version = rows["modelversion"]
+    model_version_activate(version=version)
+    url = reverse("admin:webapp_modelversion_delete", args=[version.pk])
+
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert ModelVersion.objects.get(pk=version.pk).is_active
+    assert version.path.exists()
+
+
+def test_it_offers_no_bulk_delete_of_versions(admin_client, rows):
+    response = admin_client.get(reverse("admin:webapp_modelversion_changelist"))
+
+    choices = [value for value, _ in response.context["action_form"].fields["action"].choices]
+    assert "delete_selected" not in choices
