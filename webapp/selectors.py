@@ -24,6 +24,12 @@ def running_training_attempts() -> set[tuple[int, int]]:
     return set(rows.values_list("pk", "attempts"))
 
 
+def unfinished_training_job_ids() -> set[int]:
+    """Ids of the queued and running training jobs: those whose checkpoints may resume."""
+    rows = TrainingJob.objects.exclude(status__in=TrainingJob.FINISHED)
+    return set(rows.values_list("pk", flat=True))
+
+
 def project_list() -> QuerySet[Project]:
     return Project.objects.annotate(
         dataset_count=Count("datasets", distinct=True),

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # An export writes its temporary folder within a minute or two; one an hour old is orphaned.
 STALE_EXPORT_SECONDS = 3600
 STAGED_NAME = re.compile(r"job-(\d+)-(\d+)")
+CHECKPOINT_NAME = re.compile(r"job-(\d+)")
 
 
 @shared_task(name="worker.tasks.ping")
@@ -274,14 +275,17 @@ def remove_stale_exports() -> list[str]:
     ``training_job_succeed`` leaves a whole staged version ``job-N-A`` that no attempt will
     move into place (a retry of the job removes it when it starts; a job that is not
     retried never would). Both are removed once untouched for ``STALE_EXPORT_SECONDS``;
-    the staged folder of a running job's current attempt is always kept. Run hourly from
-    beat rather than from the reconcile: this task imports ``classifier.export``, and so
-    TensorFlow, a few seconds.
+    the staged folder of a running job's current attempt is always kept. A job that ended
+    without its worker (failed by the reconcile after its last lost attempt, or cancelled
+    meanwhile) also leaves its ``checkpoints/job-N``; those go once the job is neither
+    queued nor running. Run hourly from beat rather than from the reconcile: this task
+    imports ``classifier.export``, and so TensorFlow, a few seconds.
     """
     from classifier.export import remove_stale_temporaries
 
     removed = remove_stale_temporaries(_staging_root(), STALE_EXPORT_SECONDS)
     removed += _remove_orphaned_staged_versions()
+    removed += _remove_orphaned_checkpoints()
     for path in removed:
         log.info("Removed the stale export folder %s", path)
     return [str(path) for path in removed]
@@ -301,6 +305,22 @@ def _remove_orphaned_staged_versions() -> list[Path]:
             shutil.rmtree(folder)
         except FileNotFoundError:  # moved into place or removed meanwhile
             continue
+        removed.append(folder)
+    return removed
+
+
+def _remove_orphaned_checkpoints() -> list[Path]:
+    """Checkpoint folders of jobs that will not resume (finished or deleted)."""
+    root = _checkpoint_dir(0).parent
+    folders = [f for f in root.glob("job-*") if CHECKPOINT_NAME.fullmatch(f.name)]
+    if not folders:
+        return []
+    resumable = selectors.unfinished_training_job_ids()
+    removed = []
+    for folder in folders:
+        if int(CHECKPOINT_NAME.fullmatch(folder.name)[1]) in resumable or folder.is_symlink():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
     return removed
 

@@ -72,3 +72,24 @@ def test_it_removes_staged_versions_no_running_attempt_owns(data_dir) -> None:
 @pytest.mark.django_db
 def test_it_does_nothing_before_the_first_job(data_dir) -> None:
     assert tasks.remove_stale_exports() == []
+
+
+@pytest.mark.django_db
+def test_it_removes_the_checkpoints_of_jobs_that_ended_without_their_worker(data_dir) -> None:
+    project = make_project()
+    dataset = make_dataset(project)
+    running = make_job(project, dataset, status=TrainingJob.Status.RUNNING, attempts=1)
+    requeued = make_job(project, dataset, status=TrainingJob.Status.QUEUED, attempts=1)
+    lost = make_job(project, dataset, status=TrainingJob.Status.FAILED, attempts=3)
+    cancelled = make_job(project, dataset, status=TrainingJob.Status.CANCELLED, attempts=1)
+    root = data_dir / "checkpoints"
+    kept = [root / f"job-{running.pk}", root / f"job-{requeued.pk}"]
+    gone = [root / f"job-{lost.pk}", root / f"job-{cancelled.pk}", root / "job-999"]
+    for folder in kept + gone:
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.weights.h5").write_bytes(b"weights")
+
+    removed = tasks.remove_stale_exports()
+
+    assert sorted(removed) == sorted(str(p) for p in gone)
+    assert sorted(root.iterdir()) == sorted(kept)
