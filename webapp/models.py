@@ -249,6 +249,25 @@ class TrainingJob(_RunTimes, _Cancellable, models.Model):
         return self.phase.replace("_", " ").capitalize() if self.phase else ""
 
     @property
+    def quiet_text(self) -> str:
+        """For a running job whose worker has not beaten for longer than
+        ``GRAFT_HEARTBEAT_TIMEOUT`` (killed, machine lost): how long, and what happens
+        next; "" otherwise. Until the reconcile requeues or fails it, it is still
+        "running", and its progress does not move."""
+        last = self.heartbeat_at or self.started_at
+        if self.status != self.Status.RUNNING or last is None:
+            return ""
+        quiet = (timezone.now() - last).total_seconds()
+        if quiet <= settings.GRAFT_HEARTBEAT_TIMEOUT:
+            return ""
+        minutes, seconds = divmod(int(quiet), 60)
+        return (
+            f"Its worker has not reported for {minutes} min {seconds:02d} s; it may have "
+            "stopped. The periodic reconcile retries such a job from its last checkpoint "
+            "(or fails it after its last attempt)."
+        )
+
+    @property
     def can_cancel(self) -> bool:
         return self.is_active and not self.cancel_requested
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from unittest import mock
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from tests.factories import make_dataset, make_job, make_project, make_version
 from webapp import services
@@ -216,3 +218,30 @@ def test_it_guards_cancel(viewer_client, trainer_client, project, dataset):
     assert trainer_client.get(reverse("job_cancel", args=[job.pk])).status_code == 405
     job.refresh_from_db()
     assert job.status == TrainingJob.Status.QUEUED
+
+
+def test_it_says_when_a_running_jobs_worker_has_gone_quiet(
+    viewer_client, project, dataset, settings
+):
+    settings.GRAFT_HEARTBEAT_TIMEOUT = 120
+    quiet = make_job(
+        project,
+        dataset,
+        status=TrainingJob.Status.RUNNING,
+        started_at=timezone.now() - timedelta(minutes=30),
+        heartbeat_at=timezone.now() - timedelta(minutes=7, seconds=3),
+    )
+    healthy = make_job(
+        project,
+        dataset,
+        status=TrainingJob.Status.RUNNING,
+        started_at=timezone.now() - timedelta(minutes=30),
+        heartbeat_at=timezone.now() - timedelta(seconds=20),
+    )
+
+    quiet_page = viewer_client.get(reverse("job_live", args=[quiet.pk])).content.decode()
+    healthy_page = viewer_client.get(reverse("job_live", args=[healthy.pk])).content.decode()
+
+    assert 'id="job-quiet"' in quiet_page
+    assert "Its worker has not reported for 7 min " in quiet_page
+    assert 'id="job-quiet"' not in healthy_page
