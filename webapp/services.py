@@ -710,12 +710,15 @@ def training_job_succeed(
     ``staged_dir`` is the exported version directory (complete, written atomically by
     ``classifier.export``) on the same filesystem; it is renamed to
     ``models/<project>/v<N>``. When the job is no longer running (cancelled or reclaimed
-    meanwhile) nothing is created and the staged files are removed. With ``GRAFT_INT8``
+    meanwhile, or asked to cancel after its last batch) nothing is created and the staged
+    files are removed; a cancel request is honoured then. With ``GRAFT_INT8``
     on, the new version's int8 quantization is enqueued once the version is committed.
     """
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().select_related("project").get(pk=job_id)
-        if job.status != TrainingJob.Status.RUNNING:
+        if job.status != TrainingJob.Status.RUNNING or job.cancel_requested:
+            # Asked to stop while it evaluated or exported (no batches left to notice).
+            training_job_mark_cancelled(job_id=job_id)
             shutil.rmtree(staged_dir, ignore_errors=True)
             return None
         project = Project.objects.select_for_update().get(pk=job.project_id)

@@ -94,3 +94,23 @@ def test_it_refuses_to_cancel_a_finished_job(project, dataset, trainer, outcome)
 
     job.refresh_from_db()
     assert (job.status, job.cancel_requested, job.cancelled_by) == (outcome, False, None)
+
+
+def test_it_makes_no_version_of_a_job_cancelled_after_its_last_batch(
+    project, dataset, trainer, data_dir
+):
+    job = make_job(project, dataset, status="running", activate_on_success=True)
+    services.training_job_cancel(job=job, user=trainer)  # while it evaluates or exports
+    staged = data_dir / "models" / ".staging" / f"job-{job.pk}-1"
+    staged.mkdir(parents=True)
+    (staged / "metadata.json").write_text('{"files": {}}')
+
+    version = services.training_job_succeed(
+        job_id=job.pk, staged_dir=staged, result={"class_names": ["a", "b"]}
+    )
+
+    job.refresh_from_db()
+    assert version is None
+    assert (job.status, job.cancelled_by_label) == ("cancelled", "Cancelled by trent")
+    assert not project.versions.exists()
+    assert not staged.exists()
