@@ -13,6 +13,19 @@ from typing import Any
 
 BUILD_STYLES = ("functional", "sequential")
 ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+# JSON from the API or a stored job can hold any type; these must be exactly these.
+WHOLE_NUMBERS = (
+    "image_size",
+    "batch_size",
+    "epochs",
+    "fine_tune_layers",
+    "fine_tune_epochs",
+    "seed",
+    "early_stopping_patience",
+    "min_images_per_class",
+)
+NUMBERS = ("alpha", "learning_rate", "dropout", "fine_tune_learning_rate", "validation_split")
+SWITCHES = ("augment", "use_feature_cache")
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,9 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         """Return human-readable reasons this config is invalid (empty when valid)."""
-        out: list[str] = []
+        out = self._type_problems()
+        if out:
+            return out  # the ranges below cannot be compared
         if not 32 <= self.image_size <= 512:
             out.append("image_size must be between 32 and 512")
         if self.alpha not in ALPHAS:
@@ -84,6 +99,23 @@ class TrainConfig:
             out.append("early_stopping_patience must not be negative")
         if self.min_images_per_class < 1:
             out.append("min_images_per_class must be at least 1")
+        if self.seed < 0:
+            out.append("seed must not be negative")
+        return out
+
+    def _type_problems(self) -> list[str]:
+        out = []
+        for name in WHOLE_NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                out.append(f"{name} must be a whole number")
+        for name in NUMBERS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                out.append(f"{name} must be a number")
+        for name in SWITCHES:
+            if not isinstance(getattr(self, name), bool):
+                out.append(f"{name} must be true or false")
         return out
 
     @property

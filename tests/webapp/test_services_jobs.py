@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
 
 from tests.factories import make_job
 from webapp import services
@@ -114,3 +115,23 @@ def test_it_makes_no_version_of_a_job_cancelled_after_its_last_batch(
     assert (job.status, job.cancelled_by_label) == ("cancelled", "Cancelled by trent")
     assert not project.versions.exists()
     assert not staged.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"epochs": 2.5}, "epochs must be a whole number"),
+        ({"epochs": True}, "epochs must be a whole number"),
+        ({"image_size": "224"}, "image_size must be a whole number"),
+        ({"learning_rate": "0.001"}, "learning_rate must be a number"),
+        ({"augment": "no"}, "augment must be true or false"),
+        ({"seed": -1}, "seed must not be negative"),
+    ],
+)
+def test_it_refuses_a_config_of_the_wrong_type_before_queueing(project, dataset, config, message):
+    with pytest.raises(ValidationError, match=message):
+        services.training_job_create(
+            project=project, dataset=dataset, config=config, check_queue=False
+        )
+
+    assert not TrainingJob.objects.exists()
