@@ -9,12 +9,14 @@ ratio), oversized files, non-image files, and class folder names users could not
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
 import stat
 import tarfile
 import unicodedata
+import urllib.error
 import urllib.request
 import uuid
 import zipfile
@@ -202,34 +204,42 @@ def extract_tar(archive: Path, dest: Path, limits: Limits) -> ImportReport:
     except (tarfile.TarError, OSError) as exc:
         raise ImportRefused(f"The download is not a readable tar archive ({exc}).") from None
     report = ImportReport()
-    with tf:
-        members = [m for m in tf.getmembers() if not m.isdir()]
-        if len(members) > limits.max_files:
-            raise ImportRefused(
-                f"The archive holds {len(members):,} files; the limit is {limits.max_files:,}."
-            )
-        if sum(m.size for m in members) > limits.max_total_bytes:
-            raise ImportRefused("The archive unpacks to more than the allowed total size.")
-        entries = []
-        for member in members:
-            parts = _safe_parts(member.name)
-            if parts is None or not member.isfile():
-                report.reject(member.name, "not a plain file with a safe path; skipped")
-                continue
-            if parts and not _is_ignored(parts):
-                entries.append((parts, member))
-        stripped = _strip_common_root([parts for parts, _ in entries])
-        for parts, (_, member) in zip(stripped, entries, strict=True):
-            target = _target_for(parts, member.name, member.size, dest, limits, report)
-            if target is None:
-                continue
-            source = tf.extractfile(member)
-            if source is None:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
-            report.written += 1
+    try:
+        with tf:
+            members = [m for m in tf.getmembers() if not m.isdir()]
+            if len(members) > limits.max_files:
+                raise ImportRefused(
+                    f"The archive holds {len(members):,} files; the limit is {limits.max_files:,}."
+                )
+            if sum(m.size for m in members) > limits.max_total_bytes:
+                raise ImportRefused("The archive unpacks to more than the allowed total size.")
+            entries = []
+            for member in members:
+                parts = _safe_parts(member.name)
+                if parts is None or not member.isfile():
+                    report.reject(member.name, "not a plain file with a safe path; skipped")
+                    continue
+                if parts and not _is_ignored(parts):
+                    entries.append((parts, member))
+            stripped = _strip_common_root([parts for parts, _ in entries])
+            for parts, (_, member) in zip(stripped, entries, strict=True):
+                target = _target_for(parts, member.name, member.size, dest, limits, report)
+                if target is None:
+                    continue
+                source = tf.extractfile(member)
+                if source is None:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                report.written += 1
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        # One damaged spot ends a compressed tar stream: nothing after it can be read, so
+        # the archive is refused (a zip's entries are compressed one by one and skipped).
+        raise ImportRefused(
+            f"The download is damaged or cut short ({exc}), so nothing was imported. Import "
+            "it again; if that keeps failing, download the file elsewhere and upload it as a zip."
+        ) from None
     _require_classes(dest, report)
     return report
 
@@ -274,9 +284,15 @@ def download(url: str, dest: Path, *, max_bytes: int, timeout: float = 30) -> Pa
                 out.write(chunk)
     except ImportRefused:
         raise
-    except Exception as exc:
+    except urllib.error.HTTPError as exc:
         raise ImportRefused(
-            f"Could not download {url}: {exc}. Is this server connected to the internet? "
+            f"Could not download {url}: the server answered {exc.code} {exc.reason}. Check "
+            "the address, or download the file elsewhere and upload it as a zip instead."
+        ) from None
+    except Exception as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise ImportRefused(
+            f"Could not download {url} ({reason}). Is this server connected to the internet? "
             "You can download the file elsewhere and upload it as a zip instead."
         ) from None
     return dest

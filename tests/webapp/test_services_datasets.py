@@ -319,3 +319,85 @@ def test_it_refuses_a_zip_compressed_with_an_unsupported_method_in_words(
     assert "deflate" in dataset.error
     assert "unexpectedly" not in dataset.error
     assert not dataset.path.exists()
+
+
+@pytest.fixture
+def web_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / "www"``; yields its base URL."""
+    import http.server
+    import threading
+    from functools import partial
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=root))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def _flowers_tgz(tmp_path: Path) -> bytes:
+    import tarfile
+
+    folder = image_folder(tmp_path / "flower_photos", {"daisy": 3, "roses": 3})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        tf.add(folder, arcname="flower_photos")
+    return buffer.getvalue()
+
+
+def test_it_refuses_a_tgz_download_cut_short_in_words(
+    project, data_dir, tmp_path, web_server, caplog
+):
+    data = _flowers_tgz(tmp_path)
+    (tmp_path / "www" / "flower_photos.tgz").write_bytes(data[: len(data) // 2])
+    url = f"{web_server}/flower_photos.tgz"
+    dataset = services.dataset_import_url(
+        project=project, name="flowers", url=url, background=False
+    )
+    assert dataset.status == Dataset.Status.FAILED
+    assert "damaged or cut short" in dataset.error
+    assert "unexpectedly" not in dataset.error
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback in the log
+    assert not dataset.path.exists()
+    assert not list(dataset.path.parent.iterdir())  # no staging or download left behind
+
+
+def test_it_says_which_http_error_a_url_import_got(project, data_dir, web_server):
+    url = f"{web_server}/not-there.tgz"
+    dataset = services.dataset_import_url(
+        project=project, name="flowers", url=url, background=False
+    )
+    assert dataset.status == Dataset.Status.FAILED
+    assert url in dataset.error
+    assert "404" in dataset.error
+    assert "internet" not in dataset.error  # the server answered: the network is fine
+
+
+def test_it_asks_about_the_network_when_a_url_cannot_be_reached(project, data_dir):
+    dataset = services.dataset_import_url(
+        project=project,
+        name="flowers",
+        url="http://127.0.0.1:9/flower_photos.tgz",
+        background=False,
+    )
+    assert dataset.status == Dataset.Status.FAILED
+    assert "http://127.0.0.1:9/flower_photos.tgz" in dataset.error
+    assert "internet" in dataset.error
+    assert "unexpectedly" not in dataset.error
+
+
+def test_it_imports_a_tgz_downloaded_over_http(project, data_dir, tmp_path, web_server):
+    (tmp_path / "www" / "flower_photos.tgz").write_bytes(_flowers_tgz(tmp_path))
+    dataset = services.dataset_import_url(
+        project=project, name="flowers", url=f"{web_server}/flower_photos.tgz", background=False
+    )
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert dataset.class_counts == {"daisy": 3, "roses": 3}
