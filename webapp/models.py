@@ -77,6 +77,14 @@ class Dataset(models.Model):
     total_bytes = models.PositiveBigIntegerField(default=0)
     fingerprint = models.CharField(max_length=64, blank=True)
     rejected = models.JSONField(default=list, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Last sign of life of the attempt importing it; empty while none holds it.",
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    celery_task_id = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )

@@ -232,6 +232,7 @@ def _dataset_new(
         source=source,
         source_detail=source_detail,
         status=status,
+        max_attempts=settings.GRAFT_JOB_MAX_ATTEMPTS,
         created_by=user,
     )
     dataset.directory = f"datasets/{project.slug}/{dataset.pk}"
@@ -242,7 +243,16 @@ def _dataset_new(
 def _enqueue_import(dataset_id: int) -> None:
     from worker.tasks import import_dataset
 
-    import_dataset.apply_async(args=[dataset_id], queue="default")
+    result = import_dataset.apply_async(args=[dataset_id], queue="default")
+    Dataset.objects.filter(pk=dataset_id).update(celery_task_id=result.id)
+
+
+def _run_import_here(dataset_id: int) -> Dataset:
+    """Run the import task in this process (claim, heartbeat and all), as a worker would."""
+    from worker.tasks import import_dataset
+
+    import_dataset.apply(args=[dataset_id], throw=True)
+    return Dataset.objects.get(pk=dataset_id)
 
 
 def dataset_create_empty(
@@ -283,9 +293,8 @@ def dataset_import_zip(
         _check_broker()
     with transaction.atomic():
         dataset = _dataset_new(project=project, name=name, source=Dataset.Source.ZIP, user=user)
-        incoming = Path(settings.GRAFT_DATA_DIR) / "incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        target = incoming / f"dataset-{dataset.pk}.zip"
+        target = _incoming(dataset)
+        target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(upload, UploadedFile):
             with open(target, "wb") as out:
                 for chunk in upload.chunks():
@@ -298,7 +307,7 @@ def dataset_import_zip(
         if background:
             transaction.on_commit(partial(_enqueue_import, dataset.pk))
     if not background:
-        dataset = dataset_run_import(dataset_id=dataset.pk)
+        dataset = _run_import_here(dataset.pk)
     return dataset
 
 
@@ -365,48 +374,103 @@ def _dataset_start_import(*, background: bool, **fields: Any) -> Dataset:
         dataset = _dataset_new(**fields)
         if background:
             transaction.on_commit(partial(_enqueue_import, dataset.pk))
-    return dataset if background else dataset_run_import(dataset_id=dataset.pk)
+    return dataset if background else _run_import_here(dataset.pk)
 
 
-def dataset_run_import(*, dataset_id: int) -> Dataset:
-    """Do the file work of an import (the task body): stage, scan, move in, mark ready.
+def _incoming(dataset: Dataset) -> Path:
+    """Where an uploaded zip waits until an attempt ends its import (kept for retries)."""
+    return Path(settings.GRAFT_DATA_DIR) / "incoming" / f"dataset-{dataset.pk}.zip"
 
-    Idempotent: a dataset that is no longer importing is returned unchanged. On any refusal
-    the dataset is marked failed with the reason and nothing stays on disk.
+
+def _import_held(dataset: Dataset) -> QuerySet[Dataset]:
+    """The dataset's row while this attempt still holds its import."""
+    return Dataset.objects.filter(
+        pk=dataset.pk, status=Dataset.Status.IMPORTING, attempts=dataset.attempts
+    ).exclude(heartbeat_at=None)
+
+
+def dataset_import_claim(*, dataset_id: int) -> Dataset | None:
+    """Importing, held by no attempt -> held by a new one, exactly once: a duplicate or
+    redelivered message gets None.
+
+    What a lost earlier attempt left (its staging folder, or the folder it moved in before
+    it could mark the dataset ready) is removed, so every attempt starts clean; the
+    uploaded zip stays until an attempt ends the import.
     """
+    claimed = Dataset.objects.filter(
+        pk=dataset_id, status=Dataset.Status.IMPORTING, heartbeat_at=None
+    ).update(attempts=F("attempts") + 1, heartbeat_at=timezone.now())
+    if claimed != 1:
+        return None
     dataset = Dataset.objects.get(pk=dataset_id)
-    if dataset.status != Dataset.Status.IMPORTING:
-        return dataset
+    _import_leftovers_remove(dataset, keep_upload=True)
+    return dataset
+
+
+def dataset_import_beat(*, dataset: Dataset) -> None:
+    """Tell the reconcile that this attempt is alive (a worker thread calls it)."""
+    _import_held(dataset).update(heartbeat_at=timezone.now())
+
+
+def dataset_run_import(*, dataset: Dataset) -> Dataset:
+    """Do the file work of an import claimed by :func:`dataset_import_claim` (the task
+    body): stage, scan, then move in and mark ready in one transaction.
+
+    On any refusal the dataset is marked failed with the reason and nothing stays on disk.
+    An attempt that lost its claim meanwhile (the reconcile judged it dead) writes nothing.
+    """
     final = dataset.path
     staging = dataset_files.staging_dir(final)
-    incoming = Path(settings.GRAFT_DATA_DIR) / "incoming" / f"dataset-{dataset.pk}.zip"
     try:
-        report = _stage(dataset, staging, incoming)
+        report = _stage(dataset, staging, _incoming(dataset))
         scan = _scan(staging)
         dataset_files.remove_files(staging, (path for path, _ in scan.rejected))
-        dataset_files.move_into_place(staging, final)
+        rejected = [{"path": p, "reason": r} for p, r in [*report.rejected, *scan.rejected]]
+        with transaction.atomic():  # the row stays held while its folder moves in
+            if not _import_held(dataset).update(
+                status=Dataset.Status.READY,
+                error="",
+                class_counts=scan.counts(),
+                image_count=len(scan.items),
+                total_bytes=scan.total_bytes,
+                fingerprint=scan.fingerprint,
+                rejected=rejected[:1000],
+                updated_at=timezone.now(),
+            ):
+                raise _ImportLost
+            dataset_files.move_into_place(staging, final)
+    except _ImportLost:
+        log.warning("Dataset %s: attempt %s was requeued meanwhile", dataset.pk, dataset.attempts)
+        shutil.rmtree(staging, ignore_errors=True)
     except (dataset_files.ImportRefused, DatasetError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        return _dataset_fail(dataset, str(exc))
+        _dataset_fail(dataset, str(exc))
     except Exception as exc:
         log.exception("Import of dataset %s failed", dataset.pk)
         shutil.rmtree(staging, ignore_errors=True)
-        return _dataset_fail(dataset, f"The import failed unexpectedly: {exc}")
-    finally:
-        incoming.unlink(missing_ok=True)
-    rejected = [{"path": p, "reason": r} for p, r in [*report.rejected, *scan.rejected]]
-    Dataset.objects.filter(pk=dataset.pk, status=Dataset.Status.IMPORTING).update(
-        status=Dataset.Status.READY,
-        error="",
-        class_counts=scan.counts(),
-        image_count=len(scan.items),
-        total_bytes=scan.total_bytes,
-        fingerprint=scan.fingerprint,
-        rejected=rejected[:1000],
-        updated_at=timezone.now(),
-    )
+        _dataset_fail(dataset, f"The import failed unexpectedly: {exc}")
+    else:
+        _incoming(dataset).unlink(missing_ok=True)
     dataset.refresh_from_db()
     return dataset
+
+
+class _ImportLost(Exception):
+    """This attempt no longer holds the dataset's import (the reconcile requeued it)."""
+
+
+def _import_leftovers_remove(dataset: Dataset, *, keep_upload: bool) -> None:
+    """Remove what an unfinished import left on disk: staging and download folders, the
+    folder moved in, and (unless ``keep_upload``) the uploaded zip."""
+    root = Path(settings.GRAFT_DATA_DIR).resolve()
+    final = dataset.path.resolve()
+    if final == root or not final.is_relative_to(root):
+        return
+    for leftover in final.parent.glob(f".staging-{final.name}-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    if not keep_upload:
+        _incoming(dataset).unlink(missing_ok=True)
 
 
 def _stage(dataset: Dataset, staging: Path, incoming: Path) -> dataset_files.ImportReport:
@@ -416,7 +480,7 @@ def _stage(dataset: Dataset, staging: Path, incoming: Path) -> dataset_files.Imp
     if dataset.source == Dataset.Source.DIRECTORY:
         return dataset_files.copy_directory(Path(dataset.source_detail), staging, limits)
     if dataset.source == Dataset.Source.URL:
-        with tempfile.TemporaryDirectory(dir=staging.parent) as tmp:
+        with tempfile.TemporaryDirectory(dir=staging.parent, prefix=f"{staging.name}-") as tmp:
             archive = dataset_files.download(
                 dataset.source_detail,
                 Path(tmp) / "download",
@@ -446,12 +510,12 @@ def _hash_cache(root: Path) -> Path:
     return hash_cache_path(Path(settings.GRAFT_DATA_DIR) / "cache", root)
 
 
-def _dataset_fail(dataset: Dataset, error: str) -> Dataset:
-    Dataset.objects.filter(pk=dataset.pk).update(
+def _dataset_fail(dataset: Dataset, error: str) -> None:
+    """Fail the import this attempt holds; its uploaded zip is no longer needed."""
+    if _import_held(dataset).update(
         status=Dataset.Status.FAILED, error=error, updated_at=timezone.now()
-    )
-    dataset.refresh_from_db()
-    return dataset
+    ):
+        _incoming(dataset).unlink(missing_ok=True)
 
 
 def dataset_add_images(
@@ -1003,18 +1067,19 @@ def training_jobs_reconcile(*, now: datetime | None = None) -> dict[str, list[in
             continue
         last = job.heartbeat_at or job.started_at or now
         _requeue_or_fail(
-            TrainingJob,
+            _stale_running(TrainingJob, stale_before).filter(pk=job.pk, cancel_requested=False),
             job,
-            stale_before=stale_before,
-            now=now,
             enqueue=_enqueue_training,
             report=report,
             requeued={
+                "status": TrainingJob.Status.QUEUED,
                 "phase": "requeued",
                 "error": f"Attempt {job.attempts} was lost (its worker stopped answering); "
                 "retrying.",
             },
             failed={
+                "status": TrainingJob.Status.FAILED,
+                "finished_at": now,
                 "eta_seconds": None,
                 "error": f"The worker running this job stopped answering on each of its "
                 f"{job.attempts} attempts (last heartbeat {last:%Y-%m-%d %H:%M:%S} UTC). "
@@ -1022,8 +1087,7 @@ def training_jobs_reconcile(*, now: datetime | None = None) -> dict[str, list[in
             },
         )
     _reenqueue_lost(
-        TrainingJob,
-        stale_before=stale_before,
+        _queued_since(TrainingJob, stale_before),
         queue="training",
         enqueue=_enqueue_training,
         report=report,
@@ -1031,62 +1095,117 @@ def training_jobs_reconcile(*, now: datetime | None = None) -> dict[str, list[in
     return report
 
 
-# The reconcile's steps, shared by training jobs and batches: both have a status with
-# queued/running/failed, ``heartbeat_at``, ``attempts``/``max_attempts`` and the id of
-# the Celery task that carries them.
-Reconciled = TrainingJob | BatchClassification
+def datasets_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
+    """Find imports that a dead worker or a lost broker message left "importing", and fix
+    them, by the training reconcile's rules.
+
+    An import is held by the attempt that claimed it, which beats while it works. One
+    silent for ``GRAFT_HEARTBEAT_TIMEOUT`` is released and re-enqueued while attempts
+    remain (the next attempt removes what the lost one left and starts again from the
+    kept zip, folder or URL), else failed with a message saying so and its files removed;
+    one held by no attempt for longer than the timeout whose message is not in the broker
+    is re-enqueued.
+    """
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT)
+    report = _reconcile_report()
+    importing = Dataset.objects.filter(status=Dataset.Status.IMPORTING)
+    stale = importing.filter(heartbeat_at__lt=stale_before)
+    for dataset in stale:
+        attempts = f"{dataset.attempts} attempt{'s' if dataset.attempts != 1 else ''}"
+        if _requeue_or_fail(
+            stale.filter(pk=dataset.pk),
+            dataset,
+            enqueue=_enqueue_import,
+            report=report,
+            requeued={
+                "heartbeat_at": None,
+                "error": f"Attempt {dataset.attempts} was lost (its worker stopped "
+                "answering); starting the import again.",
+            },
+            failed={
+                "status": Dataset.Status.FAILED,
+                "updated_at": now,
+                "error": f"The worker importing this dataset stopped answering on each of "
+                f"its {attempts} (last heartbeat {dataset.heartbeat_at:%Y-%m-%d %H:%M:%S} "
+                "UTC), so nothing was imported. Check the worker machines' memory, disk and "
+                "logs, then import it again.",
+            },
+        ):
+            transaction.on_commit(partial(_import_leftovers_remove, dataset, keep_upload=False))
+    _reenqueue_lost(
+        importing.filter(heartbeat_at=None, created_at__lt=stale_before),
+        queue="default",
+        enqueue=_enqueue_import,
+        report=report,
+    )
+    return report
+
+
+# The reconcile's steps, shared by training jobs, batches and dataset imports: each has
+# ``heartbeat_at``, ``attempts``/``max_attempts`` and the id of the Celery task that
+# carries it; the callers say which rows are stale or queued and what each step writes.
+Reconciled = TrainingJob | BatchClassification | Dataset
 
 
 def _reconcile_report() -> dict[str, list[int]]:
     return {"requeued": [], "failed": [], "reenqueued": []}
 
 
-def _stale_running(model: type[Reconciled], stale_before: datetime) -> QuerySet:
+def _stale_running(
+    model: type[TrainingJob | BatchClassification], stale_before: datetime
+) -> QuerySet:
     """Running rows whose last heartbeat (else their start) is older than ``stale_before``."""
     return model.objects.filter(status=model.Status.RUNNING).filter(
         Q(heartbeat_at__lt=stale_before) | Q(heartbeat_at__isnull=True, started_at__lt=stale_before)
     )
 
 
+def _queued_since(
+    model: type[TrainingJob | BatchClassification], stale_before: datetime
+) -> QuerySet:
+    """Rows queued since before ``stale_before`` and not asked to stop."""
+    return model.objects.filter(
+        status=model.Status.QUEUED, cancel_requested=False, created_at__lt=stale_before
+    )
+
+
 def _requeue_or_fail(
-    model: type[Reconciled],
+    still_stale: QuerySet,
     row: Reconciled,
     *,
-    stale_before: datetime,
-    now: datetime,
     enqueue: Callable[[int], None],
     report: dict[str, list[int]],
     requeued: dict[str, Any],
     failed: dict[str, Any],
-) -> None:
+) -> bool:
     """Queue a stale running row again (enqueued on commit) while it has attempts left,
-    else fail it; ``requeued``/``failed`` are the extra fields each writes. Both updates
-    are conditional on the row still being stale and not asked to stop, so a worker that
-    speaks up meanwhile wins, and a cancel asked meanwhile is left for the next reconcile.
+    else fail it; ``requeued``/``failed`` are the fields each writes. Both updates go
+    through ``still_stale`` (the row while it is still stale and not asked to stop), so a
+    worker that speaks up meanwhile wins, and a cancel asked meanwhile is left for the
+    next reconcile. Returns True when the row was failed.
     """
-    still_stale = _stale_running(model, stale_before).filter(pk=row.pk, cancel_requested=False)
     if row.attempts < row.max_attempts:
-        if still_stale.update(status=model.Status.QUEUED, **requeued):
+        if still_stale.update(**requeued):
             report["requeued"].append(row.pk)
             transaction.on_commit(partial(enqueue, row.pk))
-    elif still_stale.update(status=model.Status.FAILED, finished_at=now, **failed):
+    elif still_stale.update(**failed):
         report["failed"].append(row.pk)
+        return True
+    return False
 
 
 def _reenqueue_lost(
-    model: type[Reconciled],
+    queued: QuerySet,
     *,
-    stale_before: datetime,
     queue: str,
     enqueue: Callable[[int], None],
     report: dict[str, list[int]],
 ) -> None:
-    """Enqueue (on commit) the rows queued since before ``stale_before`` (not asked to stop,
-    not just requeued) whose message is neither waiting in ``queue`` nor reserved by a
-    worker; all of them when the broker cannot be asked."""
-    waiting = model.objects.filter(
-        status=model.Status.QUEUED, cancel_requested=False, created_at__lt=stale_before
-    ).exclude(pk__in=report["requeued"])
+    """Enqueue (on commit) the ``queued`` rows (not just requeued) whose message is neither
+    waiting in ``queue`` nor reserved by a worker; all of them when the broker cannot be
+    asked."""
+    waiting = queued.exclude(pk__in=report["requeued"])
     if not waiting.exists():
         return
     known = _broker_task_ids(queue)
@@ -1889,19 +2008,22 @@ def batches_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
             continue
         last = batch.heartbeat_at or batch.started_at or now
         _requeue_or_fail(
-            BatchClassification,
+            _stale_running(BatchClassification, stale_before).filter(
+                pk=batch.pk, cancel_requested=False
+            ),
             batch,
-            stale_before=stale_before,
-            now=now,
             enqueue=_enqueue_batch,
             report=report,
             requeued={
+                "status": BatchClassification.Status.QUEUED,
                 "done": 0,
                 "failed": 0,
                 "error": f"Attempt {batch.attempts} was lost (its worker stopped making "
                 "progress); starting again from the first photo.",
             },
             failed={
+                "status": BatchClassification.Status.FAILED,
+                "finished_at": now,
                 "error": f"The worker classifying this batch stopped making progress on "
                 f"each of its {batch.attempts} attempt{'s' if batch.attempts != 1 else ''} "
                 f"(last progress {last:%Y-%m-%d %H:%M:%S} UTC). Check the worker machines' "
@@ -1909,8 +2031,7 @@ def batches_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
             },
         )
     _reenqueue_lost(
-        BatchClassification,
-        stale_before=stale_before,
+        _queued_since(BatchClassification, stale_before),
         queue="default",
         enqueue=_enqueue_batch,
         report=report,

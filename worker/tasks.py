@@ -16,6 +16,8 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +41,22 @@ def ping() -> dict:
     return {"pong": True, "hostname": socket.gethostname(), "pid": os.getpid()}
 
 
-@shared_task(name="worker.tasks.import_dataset", acks_late=True)
+@shared_task(name="worker.tasks.import_dataset", acks_late=True, reject_on_worker_lost=True)
 def import_dataset(dataset_id: int) -> str:
-    """Extract/copy/download a dataset's images and mark it ready or failed."""
-    dataset = services.dataset_run_import(dataset_id=dataset_id)
+    """Claim the import, extract/copy/download its images and mark it ready or failed."""
+    dataset = services.dataset_import_claim(dataset_id=dataset_id)
+    if dataset is None:
+        return "skipped: not waiting for a worker (already claimed or finished)"
+    heartbeat = _Heartbeat(
+        f"dataset-{dataset_id}",
+        partial(services.dataset_import_beat, dataset=dataset),
+        interval=_heartbeat_interval(),
+    )
+    heartbeat.start()
+    try:
+        dataset = services.dataset_run_import(dataset=dataset)
+    finally:
+        heartbeat.stop()
     return dataset.status
 
 
@@ -50,12 +64,13 @@ def import_dataset(dataset_id: int) -> str:
 
 
 class _Heartbeat(threading.Thread):
-    """Beats every few seconds while the task runs, also through long silent phases
-    (loading weights, converting to TFLite) that report no batches."""
+    """Calls ``beat`` every few seconds while the task runs, also through long silent
+    phases (loading weights, converting to TFLite, unpacking a zip) that report nothing;
+    ``beat`` returns True when a cancel has been requested."""
 
-    def __init__(self, job_id: int, interval: float):
-        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
-        self.job_id = job_id
+    def __init__(self, name: str, beat: Callable[[], bool | None], interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-{name}")
+        self.beat = beat
         self.interval = interval
         self.stopped = threading.Event()
         self.cancel_requested = threading.Event()
@@ -65,16 +80,20 @@ class _Heartbeat(threading.Thread):
 
         try:
             while not self.stopped.wait(self.interval):
-                if services.training_job_progress(job_id=self.job_id):
+                if self.beat():
                     self.cancel_requested.set()
         except Exception:  # the database went away: the reconcile will notice
-            log.exception("Heartbeat of job %s failed", self.job_id)
+            log.exception("%s failed", self.name)
         finally:
             connection.close()
 
     def stop(self) -> None:
         self.stopped.set()
         self.join(timeout=10)
+
+
+def _heartbeat_interval() -> float:
+    return max(1.0, settings.GRAFT_HEARTBEAT_TIMEOUT / 6)
 
 
 EXTRACTION_SHARE = 0.6
@@ -178,7 +197,11 @@ def train_job(self: Any, job_id: int) -> str:
     from classifier.train import train
 
     config = TrainConfig.from_dict(job.config)
-    heartbeat = _Heartbeat(job_id, interval=max(1.0, settings.GRAFT_HEARTBEAT_TIMEOUT / 6))
+    heartbeat = _Heartbeat(
+        f"job-{job_id}",
+        partial(services.training_job_progress, job_id=job_id),
+        interval=_heartbeat_interval(),
+    )
     heartbeat.start()
     staged = _staging_dir(job_id, job.attempts)
     # This attempt's folder, and those of earlier attempts killed after their export (they
@@ -249,11 +272,12 @@ def quantize_version(version_id: int, force: bool = False) -> str:
 
 @shared_task(name="worker.tasks.reconcile_jobs")
 def reconcile_jobs() -> dict:
-    """Requeue training jobs and batches whose worker died; re-enqueue what the broker lost;
-    re-enqueue int8 quantizations whose worker died."""
+    """Requeue training jobs, batches and dataset imports whose worker died; re-enqueue what
+    the broker lost; re-enqueue int8 quantizations whose worker died."""
     return {
         "training": services.training_jobs_reconcile(),
         "batches": services.batches_reconcile(),
+        "datasets": services.datasets_reconcile(),
         "int8": services.int8_quantizations_reconcile(),
     }
 

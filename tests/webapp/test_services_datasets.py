@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 import stat
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from tests.images import image_folder, jpeg_bytes, zip_of_folder
 from webapp import services
 from webapp.models import Dataset
+from worker.tasks import import_dataset
 
 pytestmark = pytest.mark.django_db
 
@@ -401,3 +405,94 @@ def test_it_imports_a_tgz_downloaded_over_http(project, data_dir, tmp_path, web_
     )
     assert dataset.status == Dataset.Status.READY, dataset.error
     assert dataset.class_counts == {"daisy": 3, "roses": 3}
+
+
+def _later():
+    return timezone.now() + timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT + 1)
+
+
+def _start_zip_import(project, tmp_path: Path) -> Dataset:
+    """A zip upload enqueued (on commit, which never comes here) like the upload page does."""
+    folder = image_folder(tmp_path / "src", {"cats": 3, "dogs": 2})
+    path = tmp_path / "photos.zip"
+    path.write_bytes(zip_of_folder(folder))
+    return services.dataset_import_zip(project=project, name="photos", upload=path)
+
+
+def _die_halfway(dataset: Dataset) -> Dataset:
+    """A worker claims the import, unpacks part of it, then dies (nothing tells the row)."""
+    lost = services.dataset_import_claim(dataset_id=dataset.pk)
+    half = dataset.path.parent / f".staging-{dataset.pk}-0dead0/cats/1.jpg"
+    half.parent.mkdir(parents=True)
+    half.write_bytes(jpeg_bytes())
+    return lost
+
+
+@pytest.mark.usefixtures("broker")  # imports start only while the queue is up
+def test_it_retries_an_import_whose_worker_died_and_imports_it_once(project, data_dir, tmp_path):
+    dataset = _start_zip_import(project, tmp_path)
+    lost = _die_halfway(dataset)
+
+    assert services.datasets_reconcile()["requeued"] == []  # silent, but not for long enough
+    assert services.datasets_reconcile(now=_later())["requeued"] == [dataset.pk]
+    dataset.refresh_from_db()
+    assert dataset.status == Dataset.Status.IMPORTING
+    assert "Attempt 1 was lost" in dataset.error
+    # The lost attempt wakes up and finishes: it no longer holds the import, so it
+    # changes nothing, and the zip stays for the retry.
+    assert services.dataset_run_import(dataset=lost).status == Dataset.Status.IMPORTING
+    assert not dataset.path.exists()
+    assert (data_dir / "incoming" / f"dataset-{dataset.pk}.zip").is_file()
+
+    assert import_dataset.apply(args=[dataset.pk]).get() == Dataset.Status.READY
+
+    dataset.refresh_from_db()
+    assert (dataset.attempts, dataset.error) == (2, "")
+    assert dataset.class_counts == {"cats": 3, "dogs": 2}
+    assert sorted(p.name for p in dataset.path.parent.iterdir()) == [str(dataset.pk)]
+    assert not (data_dir / "incoming" / f"dataset-{dataset.pk}.zip").exists()
+    assert import_dataset.apply(args=[dataset.pk]).get().startswith("skipped")
+
+
+@pytest.mark.usefixtures("broker")
+def test_it_fails_an_import_after_its_last_attempt_and_removes_its_files(
+    project, data_dir, tmp_path, settings, django_capture_on_commit_callbacks
+):
+    settings.GRAFT_JOB_MAX_ATTEMPTS = 1
+    dataset = _start_zip_import(project, tmp_path)
+    _die_halfway(dataset)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        report = services.datasets_reconcile(now=_later())
+
+    assert report == {"requeued": [], "failed": [dataset.pk], "reenqueued": []}
+    dataset.refresh_from_db()
+    assert dataset.status == Dataset.Status.FAILED
+    assert "stopped answering on each of its 1 attempt " in dataset.error
+    assert "import it again" in dataset.error
+    assert not list(dataset.path.parent.iterdir())
+    assert not (data_dir / "incoming" / f"dataset-{dataset.pk}.zip").exists()
+    assert import_dataset.apply(args=[dataset.pk]).get().startswith("skipped")
+    assert services.datasets_reconcile(now=_later())["failed"] == []
+
+
+@pytest.mark.usefixtures("broker")
+def test_it_reenqueues_an_import_whose_message_was_lost(project, data_dir, tmp_path):
+    dataset = _start_zip_import(project, tmp_path)  # its message never reached the broker
+
+    assert services.datasets_reconcile()["reenqueued"] == []  # too recent to judge
+    assert services.datasets_reconcile(now=_later())["reenqueued"] == [dataset.pk]
+    dataset.refresh_from_db()
+    assert dataset.status == Dataset.Status.IMPORTING
+
+
+@pytest.mark.usefixtures("broker")
+def test_it_leaves_an_import_alone_while_its_worker_beats(project, data_dir, tmp_path):
+    dataset = _start_zip_import(project, tmp_path)
+    held = services.dataset_import_claim(dataset_id=dataset.pk)
+    assert services.dataset_import_claim(dataset_id=dataset.pk) is None  # held once
+
+    services.dataset_import_beat(dataset=held)
+
+    assert services.datasets_reconcile() == {"requeued": [], "failed": [], "reenqueued": []}
+    assert services.dataset_run_import(dataset=held).status == Dataset.Status.READY

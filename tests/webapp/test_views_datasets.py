@@ -11,6 +11,7 @@ from tests.factories import make_dataset, make_project
 from tests.images import image_folder, jpeg_bytes, zip_of_folder
 from webapp import services
 from webapp.models import Dataset
+from worker.tasks import import_dataset
 
 
 def _zip(tmp_path, name="photos.zip"):
@@ -59,7 +60,7 @@ def test_it_uploads_a_zip_and_shows_the_import_report(trainer_client, project, d
     page = trainer_client.get(dataset.get_absolute_url())
     assert b'hx-trigger="every 1s"' in page.content  # polls while importing
 
-    services.dataset_run_import(dataset_id=dataset.pk)  # what the worker does
+    import_dataset.apply(args=[dataset.pk])  # what the worker does
     page = trainer_client.get(dataset.get_absolute_url())
     assert page.status_code == 200
     assert b"every 1s" not in page.content

@@ -71,6 +71,7 @@ def test_it_reenqueues_a_batch_the_broker_lost_and_classifies_it_once(served_pro
     assert reconcile_jobs.delay().get(timeout=60) == {
         "training": {"requeued": [], "failed": [], "reenqueued": []},
         "batches": {"requeued": [], "failed": [], "reenqueued": []},
+        "datasets": {"requeued": [], "failed": [], "reenqueued": []},
         "int8": [],
     }
 

@@ -31,7 +31,9 @@ def test_a_resumed_job_records_the_epochs_its_killed_attempt_checkpointed() -> N
     project = make_project("Flowers")
     job = make_job(project, make_dataset(project), status="running", attempts=2)
     EpochRecord.objects.create(job=job, epoch=1, phase="training", loss=0.9)
-    callbacks = tasks._job_callbacks(job.pk, tasks._Heartbeat(job.pk, 60), epochs_total=5)
+    callbacks = tasks._job_callbacks(
+        job.pk, tasks._Heartbeat("job", lambda: False, 60), epochs_total=5
+    )
 
     callbacks.on_resume([_epoch(1, 0.9), _epoch(2, 0.7)])
 
