@@ -706,8 +706,18 @@ def training_job_claim(*, job_id: int, worker: str = "") -> TrainingJob | None:
     return TrainingJob.objects.get(pk=job_id) if claimed == 1 else None
 
 
-def training_job_progress(*, job_id: int, **fields: Any) -> bool:
-    """Write progress and a heartbeat; return True when a cancel has been requested."""
+def training_job_progress(*, job_id: int, attempt: int | None = None, **fields: Any) -> bool:
+    """Write progress and a heartbeat; return True when the caller should stop: a cancel
+    has been requested or, given ``attempt`` (the number its claim got), that attempt no
+    longer holds the job.
+
+    The reconcile requeues a job whose worker was silent for longer than
+    ``GRAFT_HEARTBEAT_TIMEOUT``; if that worker was alive after all (a long export, say),
+    its attempt must leave the row to the next one. So every write of an attempt that
+    passes ``attempt`` here, to :func:`training_job_record_epoch`,
+    :func:`training_job_fail`, :func:`training_job_mark_cancelled` and
+    :func:`training_job_succeed` changes nothing once it has lost its claim.
+    """
     allowed = {
         "phase",
         "epoch",
@@ -718,35 +728,50 @@ def training_job_progress(*, job_id: int, **fields: Any) -> bool:
         "eta_seconds",
     }
     updates = {k: v for k, v in fields.items() if k in allowed}
-    TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(
-        heartbeat_at=timezone.now(), **updates
-    )
+    held = _job_running(job_id, attempt).update(heartbeat_at=timezone.now(), **updates)
+    if attempt is not None and not held:
+        return True
     return TrainingJob.objects.filter(pk=job_id, cancel_requested=True).exists()
 
 
-def training_job_record_epoch(*, job_id: int, epoch: int, logs: dict[str, Any]) -> None:
+def _job_running(job_id: int, attempt: int | None) -> QuerySet[TrainingJob]:
+    """The job's row while it runs and, given ``attempt``, while that attempt holds it."""
+    rows = TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING)
+    return rows if attempt is None else rows.filter(attempts=attempt)
+
+
+def training_job_record_epoch(
+    *, job_id: int, epoch: int, logs: dict[str, Any], attempt: int | None = None
+) -> None:
+    """Record (or replace) a finished epoch; given ``attempt``, only while it holds the job."""
+
     def number(key: str) -> float | None:
         value = logs.get(key)
         return float(value) if value is not None else None
 
-    EpochRecord.objects.update_or_create(
-        job_id=job_id,
-        epoch=epoch,
-        defaults={
-            "phase": str(logs.get("phase", "")),
-            "loss": number("loss"),
-            "accuracy": number("accuracy"),
-            "val_loss": number("val_loss"),
-            "val_accuracy": number("val_accuracy"),
-            "learning_rate": number("learning_rate"),
-            "seconds": number("seconds"),
-        },
-    )
+    with transaction.atomic():
+        if attempt is not None and not _job_running(job_id, attempt).select_for_update().exists():
+            return
+        EpochRecord.objects.update_or_create(
+            job_id=job_id,
+            epoch=epoch,
+            defaults={
+                "phase": str(logs.get("phase", "")),
+                "loss": number("loss"),
+                "accuracy": number("accuracy"),
+                "val_loss": number("val_loss"),
+                "val_accuracy": number("val_accuracy"),
+                "learning_rate": number("learning_rate"),
+                "seconds": number("seconds"),
+            },
+        )
 
 
-def training_job_fail(*, job_id: int, error: str) -> bool:
+def training_job_fail(*, job_id: int, error: str, attempt: int | None = None) -> bool:
+    """Running -> failed with ``error``; False (and nothing written) when the job is not
+    running or, given ``attempt``, that attempt no longer holds it."""
     return bool(
-        TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(
+        _job_running(job_id, attempt).update(
             status=TrainingJob.Status.FAILED,
             error=error,
             finished_at=timezone.now(),
@@ -755,9 +780,11 @@ def training_job_fail(*, job_id: int, error: str) -> bool:
     )
 
 
-def training_job_mark_cancelled(*, job_id: int) -> bool:
+def training_job_mark_cancelled(*, job_id: int, attempt: int | None = None) -> bool:
+    """Running -> cancelled; False (and nothing written) when the job is not running or,
+    given ``attempt``, that attempt no longer holds it."""
     return bool(
-        TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).update(
+        _job_running(job_id, attempt).update(
             status=TrainingJob.Status.CANCELLED,
             error="Cancelled while running.",
             finished_at=timezone.now(),
@@ -767,22 +794,25 @@ def training_job_mark_cancelled(*, job_id: int) -> bool:
 
 
 def training_job_succeed(
-    *, job_id: int, staged_dir: Path, result: dict[str, Any]
+    *, job_id: int, staged_dir: Path, result: dict[str, Any], attempt: int | None = None
 ) -> ModelVersion | None:
     """Turn a finished job into the project's next numbered version, in one transaction.
 
     ``staged_dir`` is the exported version directory (complete, written atomically by
     ``classifier.export``) on the same filesystem; it is renamed to
-    ``models/<project>/v<N>``. When the job is no longer running (cancelled or reclaimed
-    meanwhile, or asked to cancel after its last batch) nothing is created and the staged
-    files are removed; a cancel request is honoured then. With ``GRAFT_INT8``
-    on, the new version's int8 quantization is enqueued once the version is committed.
+    ``models/<project>/v<N>``. When the job is no longer running (cancelled meanwhile or,
+    given ``attempt``, requeued and perhaps claimed again since that attempt's claim) or
+    was asked to cancel after its last batch, nothing is created and the staged files are
+    removed; only a cancel request of the job's running attempt is honoured then. With
+    ``GRAFT_INT8`` on, the new version's int8 quantization is enqueued once the version is
+    committed.
     """
     with transaction.atomic():
         job = TrainingJob.objects.select_for_update().select_related("project").get(pk=job_id)
-        if job.status != TrainingJob.Status.RUNNING or job.cancel_requested:
-            # Asked to stop while it evaluated or exported (no batches left to notice).
-            training_job_mark_cancelled(job_id=job_id)
+        held = job.status == TrainingJob.Status.RUNNING and attempt in (None, job.attempts)
+        if not held or job.cancel_requested:
+            if held:  # asked to stop while it evaluated or exported (no batches to notice)
+                training_job_mark_cancelled(job_id=job_id, attempt=attempt)
             shutil.rmtree(staged_dir, ignore_errors=True)
             return None
         project = Project.objects.select_for_update().get(pk=job.project_id)

@@ -1,15 +1,21 @@
-"""Cancelling training jobs: queued ones at once, running ones at their next batch, and who
-asked first."""
+"""Training job services: cancelling (queued jobs at once, running ones at their next batch,
+and who asked first), and keeping an attempt that lost its claim away from the retry."""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
+from functools import partial
+
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from tests.factories import make_job
 from webapp import services
-from webapp.models import TrainingJob
+from webapp.models import EpochRecord, TrainingJob
 
 
 def _job(project, dataset, status: str = "queued") -> TrainingJob:
@@ -135,3 +141,107 @@ def test_it_refuses_a_config_of_the_wrong_type_before_queueing(project, dataset,
         )
 
     assert not TrainingJob.objects.exists()
+
+
+# An attempt judged lost (silent for longer than GRAFT_HEARTBEAT_TIMEOUT, in a long export,
+# say) may be alive after all; once the job is requeued and claimed again, the retry owns it.
+
+
+def _retried(project, dataset) -> TrainingJob:
+    """A job whose first attempt was judged lost, requeued and claimed again: attempt 2 runs."""
+    job = _job(project, dataset)
+    assert services.training_job_claim(job_id=job.pk).attempts == 1
+    later = timezone.now() + timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT + 1)
+    assert services.training_jobs_reconcile(now=later)["requeued"] == [job.pk]
+    retry = services.training_job_claim(job_id=job.pk)
+    assert (retry.status, retry.attempts) == ("running", 2)
+    return retry
+
+
+def _staged(data_dir, job: TrainingJob, attempt: int):
+    staged = data_dir / "models" / ".staging" / f"job-{job.pk}-{attempt}"
+    staged.mkdir(parents=True)
+    (staged / "model.tflite").write_bytes(b"model")
+    (staged / "labels.json").write_text('["a", "b"]')
+    (staged / "metadata.json").write_text(json.dumps({"files": {}}))
+    return staged
+
+
+def test_it_keeps_a_lost_attempts_progress_and_epochs_out_of_the_retry(project, dataset):
+    job = _retried(project, dataset)
+    services.training_job_progress(job_id=job.pk, attempt=2, phase="training", progress=0.3)
+
+    stop = services.training_job_progress(
+        job_id=job.pk, attempt=1, phase="exporting", progress=0.99
+    )
+    services.training_job_record_epoch(job_id=job.pk, attempt=1, epoch=1, logs={"loss": 0.5})
+
+    job.refresh_from_db()
+    assert stop is True
+    assert (job.phase, job.progress) == ("training", 0.3)
+    assert not EpochRecord.objects.filter(job=job).exists()
+
+
+def test_it_lets_the_attempt_that_holds_the_job_write_progress_and_epochs(project, dataset):
+    job = _retried(project, dataset)
+
+    stop = services.training_job_progress(job_id=job.pk, attempt=2, progress=0.5)
+    services.training_job_record_epoch(job_id=job.pk, attempt=2, epoch=1, logs={"loss": 0.5})
+
+    job.refresh_from_db()
+    assert (stop, job.progress) == (False, 0.5)
+    assert EpochRecord.objects.get(job=job).loss == 0.5
+
+
+@pytest.mark.parametrize(
+    ("end", "status"),
+    [
+        (partial(services.training_job_fail, error="Out of memory."), "failed"),
+        (services.training_job_mark_cancelled, "cancelled"),
+    ],
+    ids=["fail", "cancel"],
+)
+def test_it_lets_only_the_attempt_that_holds_the_job_end_it(project, dataset, end, status):
+    job = _retried(project, dataset)
+
+    assert end(job_id=job.pk, attempt=1) is False
+    job.refresh_from_db()
+    assert (job.status, job.finished_at) == ("running", None)
+
+    assert end(job_id=job.pk, attempt=2) is True
+    job.refresh_from_db()
+    assert job.status == status
+
+
+def test_it_makes_no_version_of_an_attempt_that_lost_its_claim(project, dataset, data_dir):
+    job = _retried(project, dataset)
+    staged = _staged(data_dir, job, 1)
+
+    version = services.training_job_succeed(
+        job_id=job.pk, attempt=1, staged_dir=staged, result={"class_names": ["a", "b"]}
+    )
+
+    job.refresh_from_db()
+    assert version is None
+    assert (job.status, job.attempts) == ("running", 2)
+    assert not project.versions.exists()
+    assert not staged.exists()
+
+    retry = services.training_job_succeed(
+        job_id=job.pk, attempt=2, staged_dir=_staged(data_dir, job, 2), result={}
+    )
+    job.refresh_from_db()
+    assert (retry.number, job.status) == (1, "succeeded")
+
+
+def test_it_leaves_a_cancel_to_the_attempt_that_holds_the_job(project, dataset, data_dir, trainer):
+    job = _retried(project, dataset)
+    services.training_job_cancel(job=job, user=trainer)
+
+    version = services.training_job_succeed(
+        job_id=job.pk, attempt=1, staged_dir=_staged(data_dir, job, 1), result={}
+    )
+
+    job.refresh_from_db()
+    assert version is None
+    assert (job.status, job.cancel_requested) == ("running", True)
