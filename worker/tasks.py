@@ -66,7 +66,8 @@ def import_dataset(dataset_id: int) -> str:
 class _Heartbeat(threading.Thread):
     """Calls ``beat`` every few seconds while the task runs, also through long silent
     phases (loading weights, converting to TFLite, unpacking a zip) that report nothing;
-    ``beat`` returns True when a cancel has been requested."""
+    ``beat`` returns True when the task should stop (a cancel has been requested, or its
+    attempt has lost its claim)."""
 
     def __init__(self, name: str, beat: Callable[[], bool | None], interval: float):
         super().__init__(daemon=True, name=f"heartbeat-{name}")
@@ -99,8 +100,9 @@ def _heartbeat_interval() -> float:
 EXTRACTION_SHARE = 0.6
 
 
-def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any:
-    """Callbacks that write progress (at most once a second), epochs and cancel checks."""
+def _job_callbacks(job_id: int, attempt: int, heartbeat: _Heartbeat, epochs_total: int) -> Any:
+    """Callbacks that write progress (at most once a second), epochs and stop checks, all
+    as ``attempt`` of the job: once it has lost its claim they write nothing and stop."""
     from classifier.train import TrainCallbacks
 
     class JobCallbacks(TrainCallbacks):
@@ -134,14 +136,16 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
             )
 
         def on_epoch(self, epoch: int, logs: dict) -> None:
-            services.training_job_record_epoch(job_id=job_id, epoch=epoch, logs=logs)
+            services.training_job_record_epoch(
+                job_id=job_id, attempt=attempt, epoch=epoch, logs=logs
+            )
             self._write(force=True, epoch=epoch, progress=self._fraction(epoch, 1, 1))
 
         def on_resume(self, history: list[dict[str, Any]]) -> None:
             # The killed attempt may have checkpointed an epoch and died before recording it.
             for record in history:
                 services.training_job_record_epoch(
-                    job_id=job_id, epoch=int(record["epoch"]), logs=record
+                    job_id=job_id, attempt=attempt, epoch=int(record["epoch"]), logs=record
                 )
 
         def should_stop(self) -> bool:
@@ -163,7 +167,9 @@ def _job_callbacks(job_id: int, heartbeat: _Heartbeat, epochs_total: int) -> Any
             if not force and now - self.last_write < 1.0:
                 return
             self.last_write = now
-            if services.training_job_progress(job_id=job_id, phase=self.phase, **fields):
+            if services.training_job_progress(
+                job_id=job_id, attempt=attempt, phase=self.phase, **fields
+            ):
                 self.cancelled = True
 
     return JobCallbacks()
@@ -188,10 +194,16 @@ def _checkpoint_dir(job_id: int) -> Path:
     reject_on_worker_lost=True,
 )
 def train_job(self: Any, job_id: int) -> str:
-    """Claim the job, train, export, and persist the new version (or the failure)."""
+    """Claim the job, train, export, and persist the new version (or the failure).
+
+    Every write is made as this claim's attempt: one that the reconcile judged lost (silent
+    for longer than ``GRAFT_HEARTBEAT_TIMEOUT``) and requeued stops at its next batch or
+    write, discards its export and leaves the row and the checkpoints to the retry.
+    """
     job = services.training_job_claim(job_id=job_id, worker=self.request.hostname or "")
     if job is None:
         return "skipped: not queued (already claimed, finished or cancelled)"
+    attempt = job.attempts
     from classifier.config import TrainConfig
     from classifier.errors import ClassifierError, TrainingCancelled
     from classifier.train import train
@@ -199,11 +211,11 @@ def train_job(self: Any, job_id: int) -> str:
     config = TrainConfig.from_dict(job.config)
     heartbeat = _Heartbeat(
         f"job-{job_id}",
-        partial(services.training_job_progress, job_id=job_id),
+        partial(services.training_job_progress, job_id=job_id, attempt=attempt),
         interval=_heartbeat_interval(),
     )
     heartbeat.start()
-    staged = _staging_dir(job_id, job.attempts)
+    staged = _staging_dir(job_id, attempt)
     # This attempt's folder, and those of earlier attempts killed after their export (they
     # never reached training_job_succeed): nothing will move them into place now.
     for leftover in _staging_root().glob(f"job-{job_id}-*"):
@@ -217,22 +229,23 @@ def train_job(self: Any, job_id: int) -> str:
             out_dir=staged,
             cache_dir=Path(settings.GRAFT_DATA_DIR) / "cache",
             checkpoint_dir=checkpoints,
-            callbacks=_job_callbacks(job_id, heartbeat, job.epochs_total),
+            callbacks=_job_callbacks(job_id, attempt, heartbeat, job.epochs_total),
         )
         heartbeat.stop()
         version = services.training_job_succeed(
-            job_id=job_id, staged_dir=staged, result=result.to_dict()
+            job_id=job_id, attempt=attempt, staged_dir=staged, result=result.to_dict()
         )
     except TrainingCancelled:
-        services.training_job_mark_cancelled(job_id=job_id)
+        services.training_job_mark_cancelled(job_id=job_id, attempt=attempt)
         outcome = "cancelled"
     except ClassifierError as exc:
         log.warning("Job %s failed: %s", job_id, exc)
-        services.training_job_fail(job_id=job_id, error=str(exc))
+        services.training_job_fail(job_id=job_id, attempt=attempt, error=str(exc))
         outcome = "failed"
     except SoftTimeLimitExceeded:
         services.training_job_fail(
             job_id=job_id,
+            attempt=attempt,
             error=f"The job ran longer than the limit of {settings.GRAFT_TRAINING_TIME_LIMIT} s "
             "(GRAFT_TRAINING_TIME_LIMIT) and was stopped.",
         )
@@ -241,6 +254,7 @@ def train_job(self: Any, job_id: int) -> str:
         log.exception("Job %s failed unexpectedly", job_id)
         services.training_job_fail(
             job_id=job_id,
+            attempt=attempt,
             error=f"Training failed unexpectedly: {type(exc).__name__}: {exc}. "
             "The worker log has the details.",
         )
@@ -250,7 +264,12 @@ def train_job(self: Any, job_id: int) -> str:
     finally:
         heartbeat.stop()
         shutil.rmtree(staged, ignore_errors=True)
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    job.refresh_from_db(fields=["status", "attempts"])
+    if job.is_finished:  # else requeued meanwhile: its retry resumes from the checkpoints
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    if job.attempts != attempt or not job.is_finished:
+        log.warning("Job %s: attempt %s was requeued meanwhile; stopped", job_id, attempt)
+        return f"stopped: attempt {attempt} was requeued meanwhile"
     return outcome
 
 
