@@ -98,11 +98,16 @@ def _heartbeat_interval() -> float:
 
 
 EXTRACTION_SHARE = 0.6
+# No "about N left" until the rate has been measured over this long and this much of the
+# job: the first batches (graph tracing, cold caches) say little about the rest.
+ETA_AFTER_SECONDS = 10.0
+ETA_AFTER_PROGRESS = 0.05
 
 
 def _job_callbacks(job_id: int, attempt: int, heartbeat: _Heartbeat, epochs_total: int) -> Any:
-    """Callbacks that write progress (at most once a second), epochs and stop checks, all
-    as ``attempt`` of the job: once it has lost its claim they write nothing and stop."""
+    """Callbacks that write progress and its ETA (at most once a second, and at every phase
+    and epoch), epochs and stop checks, all as ``attempt`` of the job: once it has lost its
+    claim they write nothing and stop."""
     from classifier.train import TrainCallbacks
 
     class JobCallbacks(TrainCallbacks):
@@ -111,6 +116,7 @@ def _job_callbacks(job_id: int, attempt: int, heartbeat: _Heartbeat, epochs_tota
             self.phase = "starting"
             self.extracted = False
             self.cancelled = False
+            self.progress: float | None = None
             self.origin: tuple[float, float] | None = None
 
         def on_phase(self, phase: str, detail: dict) -> None:
@@ -118,28 +124,15 @@ def _job_callbacks(job_id: int, attempt: int, heartbeat: _Heartbeat, epochs_tota
             self._write(force=True)
 
         def on_batch(self, epoch: int, batch: int, batches: int) -> None:
-            fraction = self._fraction(epoch, batch, batches)
-            now = time.monotonic()
-            if self.origin is None:
-                # Measure the rate from the first batch on: start-up (imports, weights,
-                # conversion) is not part of what remains.
-                self.origin = (now, fraction)
-            start, start_fraction = self.origin
-            done = fraction - start_fraction
-            eta = (now - start) / done * (1 - fraction) if done > 0.02 else None
-            self._write(
-                epoch=epoch,
-                batch=batch,
-                batches_total=batches,
-                progress=fraction,
-                eta_seconds=eta,
-            )
+            self._advance(self._fraction(epoch, batch, batches))
+            self._write(epoch=epoch, batch=batch, batches_total=batches)
 
         def on_epoch(self, epoch: int, logs: dict) -> None:
             services.training_job_record_epoch(
                 job_id=job_id, attempt=attempt, epoch=epoch, logs=logs
             )
-            self._write(force=True, epoch=epoch, progress=self._fraction(epoch, 1, 1))
+            self._advance(self._fraction(epoch, 1, 1))
+            self._write(force=True, epoch=epoch)
 
         def on_resume(self, history: list[dict[str, Any]]) -> None:
             # The killed attempt may have checkpointed an epoch and died before recording it.
@@ -162,13 +155,38 @@ def _job_callbacks(job_id: int, attempt: int, heartbeat: _Heartbeat, epochs_tota
                 done = EXTRACTION_SHARE + (1 - EXTRACTION_SHARE) * done
             return min(0.99, done)
 
+        def _advance(self, progress: float) -> None:
+            if self.origin is None:
+                # Measure the rate from the first batch on: start-up (imports, weights,
+                # conversion) is not part of what remains.
+                self.origin = (time.monotonic(), progress)
+            self.progress = progress
+
+        def _eta(self, now: float) -> float | None:
+            """Seconds left after ``self.progress`` at the rate measured since the first
+            batch; None until that rate rests on enough time and progress."""
+            if self.origin is None or self.progress is None:
+                return None
+            start, start_progress = self.origin
+            elapsed, done = now - start, self.progress - start_progress
+            if elapsed < ETA_AFTER_SECONDS or done < ETA_AFTER_PROGRESS:
+                return None
+            return elapsed / done * (1 - self.progress)
+
         def _write(self, *, force: bool = False, **fields: Any) -> None:
+            """Write ``fields`` with the latest progress and an ETA computed from it now."""
             now = time.monotonic()
             if not force and now - self.last_write < 1.0:
                 return
             self.last_write = now
+            if self.progress is not None:
+                fields["progress"] = self.progress
             if services.training_job_progress(
-                job_id=job_id, attempt=attempt, phase=self.phase, **fields
+                job_id=job_id,
+                attempt=attempt,
+                phase=self.phase,
+                eta_seconds=self._eta(now),
+                **fields,
             ):
                 self.cancelled = True
 

@@ -49,6 +49,78 @@ def test_a_resumed_job_records_the_epochs_its_killed_attempt_checkpointed() -> N
     assert [(r.epoch, r.loss, r.val_accuracy) for r in records] == [(1, 0.9, 0.4), (2, 0.7, 0.4)]
 
 
+class _Clock:
+    """``time.monotonic`` for worker.tasks, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr(tasks, "time", clock)
+    return clock
+
+
+def _running(epochs_total: int = 2):
+    """A running job (attempt 1) and the callbacks its task would train it with."""
+    project = make_project("Flowers")
+    job = make_job(project, make_dataset(project), status="running", attempts=1)
+    heartbeat = tasks._Heartbeat(job.pk, 1, 60)
+    return job, tasks._job_callbacks(job.pk, 1, heartbeat, epochs_total=epochs_total)
+
+
+@pytest.mark.django_db
+def test_it_writes_an_eta_for_the_progress_it_writes_also_at_each_epoch_and_phase(clock):
+    job, callbacks = _running()  # 2 epochs of 10 batches: 5 % a batch
+    callbacks.on_phase("training", {})
+    callbacks.on_batch(1, 1, 10)  # the rate is measured from here, 5 %
+    clock.now += 30
+    callbacks.on_batch(1, 5, 10)  # 25 %, 20 % in 30 s
+    clock.now += 0.5
+    callbacks.on_batch(1, 10, 10)  # 50 %, not written: less than a second since the last
+
+    callbacks.on_epoch(1, _epoch(1, 0.9))
+
+    job.refresh_from_db()
+    assert job.progress == 0.5
+    assert job.eta_seconds == pytest.approx(30.5 / 0.45 * 0.5)
+
+    clock.now += 10
+    callbacks.on_phase("evaluating", {})
+
+    job.refresh_from_db()
+    assert (job.phase, job.progress) == ("evaluating", 0.5)
+    assert job.eta_seconds == pytest.approx(40.5 / 0.45 * 0.5)
+
+
+@pytest.mark.django_db
+def test_it_gives_no_eta_before_enough_time_and_progress_are_measured(clock):
+    job, callbacks = _running()  # 2 epochs of 100 batches: 0.5 % a batch
+    callbacks.on_phase("training", {})
+    callbacks.on_batch(1, 1, 100)
+
+    clock.now += 2
+    callbacks.on_batch(1, 6, 100)  # 2.5 % in 2 s
+    job.refresh_from_db()
+    assert (job.progress, job.eta_seconds) == (0.03, None)
+
+    clock.now += 20
+    callbacks.on_batch(1, 8, 100)  # 3.5 % in 22 s
+    job.refresh_from_db()
+    assert (job.progress, job.eta_seconds) == (0.04, None)
+
+    clock.now += 8
+    callbacks.on_batch(1, 20, 100)  # 9.5 % in 30 s
+    job.refresh_from_db()
+    assert job.progress == 0.1
+    assert job.eta_seconds == pytest.approx(30 / 0.095 * 0.9)
+
+
 def _requeue_and_claim_again(job: TrainingJob) -> None:
     """The reconcile judges the running attempt lost and requeues the job; a retry claims it."""
     later = timezone.now() + timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT + 1)
