@@ -8,6 +8,7 @@ the embedded Redis under ``var/``). Scaling out is a matter of setting ``DATABAS
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -63,6 +64,17 @@ def env_path(name: str, default: Path) -> Path:
         return default
     path = Path(raw).expanduser()
     return path if path.is_absolute() else (BASE_DIR / path)
+
+
+def env_log_level(name: str, default: str) -> str:
+    """A logging level name in any case (gunicorn.conf.py passes the same value lower-cased)."""
+    raw = env_str(name, default)
+    value = raw.strip().upper()
+    if value not in logging.getLevelNamesMapping():
+        raise ImproperlyConfigured(
+            f"{name} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}"
+        )
+    return value
 
 
 def _secret_key(var_dir: Path) -> str:
@@ -337,5 +349,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_log_level("LOG_LEVEL", "INFO")},
 }

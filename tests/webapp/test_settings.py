@@ -20,6 +20,7 @@ GRAFT_VARS = [
     "GRAFT_PORT",
     "GRAFT_MAX_IMAGE_MB",
     "GRAFT_TRAINING_TIME_LIMIT",
+    "LOG_LEVEL",
 ]
 
 
@@ -88,6 +89,12 @@ def test_it_keeps_the_visibility_timeout_above_the_longest_job(load):
     assert s["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] > s["CELERY_TASK_TIME_LIMIT"]
 
 
+def test_it_takes_the_log_level_in_any_case(load):
+    # gunicorn.conf.py lower-cases LOG_LEVEL for gunicorn, so "info" must work here too.
+    assert load(LOG_LEVEL="info")["LOGGING"]["root"]["level"] == "INFO"
+    assert load(LOG_LEVEL=" Warning ")["LOGGING"]["root"]["level"] == "WARNING"
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -97,6 +104,7 @@ def test_it_keeps_the_visibility_timeout_above_the_longest_job(load):
         ("GRAFT_MAX_IMAGE_MB", "0"),
         ("GRAFT_TRAINING_TIME_LIMIT", "1.5h"),
         ("DATABASE_URL", "mysterydb://nowhere"),
+        ("LOG_LEVEL", "verbose"),
     ],
 )
 def test_it_names_the_variable_with_a_bad_value(load, name, value):
