@@ -82,13 +82,19 @@ def _secret_key(var_dir: Path) -> str:
     if os.environ.get("SECRET_KEY"):
         return os.environ["SECRET_KEY"]
     key_file = var_dir / "secret_key"
-    if key_file.exists():
-        return key_file.read_text().strip()
-    var_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
+    try:
+        if key_file.exists():
+            return key_file.read_text().strip()
+        var_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"GRAFT_VAR_DIR ({var_dir}) cannot keep the generated secret key ({exc}): "
+            "make it a writable directory, or set SECRET_KEY"
+        ) from None
     return key
 
 

@@ -5,6 +5,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 
 @pytest.mark.django_db
@@ -31,6 +32,14 @@ def test_it_takes_the_admin_credentials_from_the_environment(monkeypatch):
     call_command("graft_run", "--no-start", stdout=out)
     assert User.objects.get(username="root").check_password("s3cret-enough")
     assert "s3cret-enough" not in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_it_names_a_data_dir_it_cannot_write_before_starting_anything(settings, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    settings.GRAFT_DATA_DIR = tmp_path / "a-file" / "data"
+    with pytest.raises(CommandError, match="GRAFT_DATA_DIR"):
+        call_command("graft_run", "--no-start", stdout=StringIO())
 
 
 def test_the_worker_waits_for_the_embedded_redis_before_it_connects(tmp_path, broker, settings):

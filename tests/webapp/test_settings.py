@@ -57,6 +57,13 @@ def test_it_generates_a_secret_key_once_and_keeps_it(load, tmp_path):
     assert (tmp_path / "var" / "secret_key").stat().st_mode & 0o077 == 0
 
 
+def test_it_names_graft_var_dir_when_the_secret_key_cannot_be_kept_there(load, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(ImproperlyConfigured, match="GRAFT_VAR_DIR"):
+        load(GRAFT_VAR_DIR=str(tmp_path / "a-file" / "var"))
+    assert load(GRAFT_VAR_DIR=str(tmp_path / "a-file" / "var"), SECRET_KEY="k" * 60)
+
+
 def test_it_reads_the_scale_out_configuration(load, tmp_path):
     s = load(
         DATABASE_URL="postgres://graft:pw@db.internal:5433/graft",

@@ -6,6 +6,7 @@ import os
 import secrets
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-start", action="store_true", help="Prepare only; start nothing.")
 
     def handle(self, *args: Any, no_start: bool = False, **options: Any) -> None:
+        self.check_writable("GRAFT_VAR_DIR", Path(settings.VAR_DIR))
+        self.check_writable("GRAFT_DATA_DIR", Path(settings.GRAFT_DATA_DIR))
         call_command("migrate", interactive=False, verbosity=0)
         login = self.ensure_admin()
         host = os.environ.get("GRAFT_HOST", "127.0.0.1")
@@ -53,6 +56,14 @@ class Command(BaseCommand):
         procfile = str(settings.BASE_DIR / "Procfile")
         os.chdir(settings.BASE_DIR)
         os.execve(honcho, [honcho, "--procfile", procfile, "start", *processes], env)
+
+    def check_writable(self, name: str, path: Path) -> None:
+        """Fail now, naming the variable, rather than at the first upload or job."""
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=path).close()
+        except OSError as exc:
+            raise CommandError(f"{name} ({path}) must be a writable directory: {exc}") from None
 
     def ensure_admin(self) -> str:
         """Create the first superuser when there is no user at all; describe how to log in."""
