@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
@@ -55,3 +56,65 @@ def test_the_worker_waits_for_the_embedded_redis_before_it_connects(tmp_path, br
     assert embedded_redis.main(["wait", str(tmp_path / "nobody.sock"), "0.2"]) == 1
     if settings.USES_EMBEDDED_REDIS:
         assert embedded_redis.main(["wait", str(settings.EMBEDDED_REDIS_SOCKET), "5"]) == 0
+
+
+def _alive_in_group(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` is still running (zombies are not)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+@pytest.mark.slow
+def test_closing_its_terminal_stops_every_process_it_started(tmp_path):
+    """A closed terminal window or a dropped SSH session hangs up `make run`: Redis, the
+    worker and the web server must stop with it, not linger and block the next run."""
+    import contextlib
+    import os
+    import pty
+    import re
+    import select
+    import signal
+    import socket
+    import sys
+    import time
+
+    from tests.waiting import wait_for
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+        "GRAFT_VAR_DIR": str(tmp_path / "var"),
+        "GRAFT_PORT": str(port),
+        "GRAFT_ADMIN_PASSWORD": "not-printed-here",
+    }
+    root = Path(__file__).resolve().parents[2]
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: a session whose controlling terminal is the pty
+        os.chdir(root)
+        os.execve(sys.executable, [sys.executable, "manage.py", "graft_run"], env)
+    output = b""
+    groups: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while b" ready." not in output or len(groups) < 2:
+            assert time.monotonic() < deadline, output.decode(errors="replace")[-3000:]
+            if select.select([terminal], [], [], 0.5)[0]:
+                output += os.read(terminal, 65536)
+            groups = [int(n) for n in re.findall(rb"started \(pid=(\d+)\)", output)]
+        os.close(terminal)  # hang up
+        wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, timeout=60, what="honcho")
+        wait_for(
+            lambda: not any(_alive_in_group(g) for g in groups), timeout=30, what="its processes"
+        )
+    finally:
+        for group in [pid, *groups]:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +14,17 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
+
+
+def _hang_up(signum: int, frame: object) -> None:
+    """A closed terminal or a dropped SSH session sends SIGHUP, which honcho does not handle:
+    it would die and leave Redis, the worker and the web server running. Stop them as on
+    SIGTERM, with output going nowhere (writing to a hung-up terminal fails)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.dup2(devnull, sys.stderr.fileno())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Command(BaseCommand):
@@ -36,13 +47,13 @@ class Command(BaseCommand):
         self.banner(url, login, processes)
         if no_start:
             return
-        honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or shutil.which(
-            "honcho"
-        )
-        if not honcho:
-            raise CommandError("honcho is not installed: run `make run` (it installs everything).")
+        try:
+            from honcho.command import main as honcho
+        except ImportError:
+            raise CommandError(
+                "honcho is not installed: run `make run` (it installs everything)."
+            ) from None
         env = {
-            **os.environ,
             "GRAFT_PYTHON": sys.executable,
             "GRAFT_HOST": host,
             "GRAFT_PORT": str(settings.GRAFT_PORT),
@@ -54,8 +65,11 @@ class Command(BaseCommand):
             "PYTHONUNBUFFERED": "1",
         }
         procfile = str(settings.BASE_DIR / "Procfile")
+        os.environ.update(env)
         os.chdir(settings.BASE_DIR)
-        os.execve(honcho, [honcho, "--procfile", procfile, "start", *processes], env)
+        connections.close_all()
+        signal.signal(signal.SIGHUP, _hang_up)
+        honcho(["--procfile", procfile, "start", *processes])  # exits with its status
 
     def check_writable(self, name: str, path: Path) -> None:
         """Fail now, naming the variable, rather than at the first upload or job."""
