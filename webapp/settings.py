@@ -128,6 +128,11 @@ DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = _secret_key(VAR_DIR)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# In production Graft sits behind a TLS-terminating proxy (README) and gets plain HTTP: the
+# proxy's X-Forwarded-Proto says the browser used HTTPS, without which CSRF's origin check
+# refuses every form post (https://host is not http://host). A client that sends the header
+# itself only changes how its own request is judged: no redirect or cookie depends on it.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 GRAFT_PORT = env_int("GRAFT_PORT", 8000, minimum=1)
 if GRAFT_PORT > 65535:
     raise ImproperlyConfigured(f"GRAFT_PORT must be a TCP port (1-65535), got {GRAFT_PORT}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
@@ -22,6 +23,26 @@ def test_it_sends_strangers_to_the_login_page(client, db, name):
     response = client.get(reverse(name))
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("login"))
+
+
+def test_it_logs_in_behind_a_tls_terminating_proxy(viewer):
+    """README's production set-up: gunicorn behind a proxy that speaks HTTPS to browsers and
+    HTTP to Graft, under the same host name. The browser's Origin is https://…, so Django
+    must learn from X-Forwarded-Proto that the request was secure, or CSRF refuses it."""
+    proxied = {"Host": "testserver", "X-Forwarded-Proto": "https"}
+    browser = Client(enforce_csrf_checks=True, headers=proxied)
+    token = browser.get(reverse("login")).cookies["csrftoken"].value
+    response = browser.post(
+        reverse("login"),
+        {
+            "username": viewer.username,
+            "password": f"pw-{viewer.username}",
+            "csrfmiddlewaretoken": token,
+        },
+        headers={"Origin": "https://testserver", "Referer": "https://testserver/login/"},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == reverse("dashboard")
 
 
 @pytest.mark.parametrize("name", NAV)
