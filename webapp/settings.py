@@ -98,6 +98,16 @@ def _secret_key(var_dir: Path) -> str:
     return key
 
 
+def _default_hosts(listen: str) -> list[str]:
+    """Loopback names, plus the address `make run` listens on, so the URL it prints works.
+    A wildcard (0.0.0.0, ::) is no host name: other machines need one in ALLOWED_HOSTS."""
+    hosts = ["localhost", "127.0.0.1", "[::1]"]
+    address = listen.strip("[]")
+    if address not in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
+        hosts.append(f"[{address}]" if ":" in address else address)
+    return hosts
+
+
 def _database(url: str) -> dict:
     try:
         config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
@@ -126,7 +136,8 @@ def _database(url: str) -> dict:
 VAR_DIR = env_path("GRAFT_VAR_DIR", BASE_DIR / "var")
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = _secret_key(VAR_DIR)
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+GRAFT_HOST = env_str("GRAFT_HOST", "127.0.0.1").strip()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", _default_hosts(GRAFT_HOST))
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # In production Graft sits behind a TLS-terminating proxy (README) and gets plain HTTP: the
 # proxy's X-Forwarded-Proto says the browser used HTTPS, without which CSRF's origin check

@@ -36,6 +36,16 @@ def test_it_takes_the_admin_credentials_from_the_environment(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_it_says_which_host_names_other_machines_may_use_when_it_listens_on_all(settings):
+    settings.GRAFT_HOST = "0.0.0.0"
+    settings.ALLOWED_HOSTS = ["localhost", "graft.lan"]
+    out = StringIO()
+    call_command("graft_run", "--no-start", stdout=out)
+    assert "ALLOWED_HOSTS" in out.getvalue()
+    assert "graft.lan" in out.getvalue()
+
+
+@pytest.mark.django_db
 def test_it_names_a_data_dir_it_cannot_write_before_starting_anything(settings, tmp_path):
     (tmp_path / "a-file").write_text("not a directory")
     settings.GRAFT_DATA_DIR = tmp_path / "a-file" / "data"

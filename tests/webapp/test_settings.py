@@ -21,6 +21,7 @@ GRAFT_VARS = [
     "GRAFT_MAX_IMAGE_MB",
     "GRAFT_TRAINING_TIME_LIMIT",
     "LOG_LEVEL",
+    "GRAFT_HOST",
 ]
 
 
@@ -94,6 +95,16 @@ def test_it_keeps_the_visibility_timeout_above_the_longest_job(load):
     s = load(GRAFT_TRAINING_TIME_LIMIT="7200")
     assert s["CELERY_TASK_TIME_LIMIT"] > 7200
     assert s["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] > s["CELERY_TASK_TIME_LIMIT"]
+
+
+def test_it_accepts_requests_for_the_address_make_run_listens_on(load):
+    # make run prints http://GRAFT_HOST:GRAFT_PORT/; that URL must not answer 400.
+    assert "192.168.1.5" in load(GRAFT_HOST="192.168.1.5")["ALLOWED_HOSTS"]
+    assert "[fd00::5]" in load(GRAFT_HOST="fd00::5")["ALLOWED_HOSTS"]
+    assert load(GRAFT_HOST="0.0.0.0")["ALLOWED_HOSTS"] == ["localhost", "127.0.0.1", "[::1]"]
+    assert load(GRAFT_HOST="192.168.1.5", ALLOWED_HOSTS="graft.lan")["ALLOWED_HOSTS"] == [
+        "graft.lan"
+    ]
 
 
 def test_it_takes_the_log_level_in_any_case(load):

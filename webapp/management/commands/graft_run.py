@@ -38,7 +38,7 @@ class Command(BaseCommand):
         self.check_writable("GRAFT_DATA_DIR", Path(settings.GRAFT_DATA_DIR))
         call_command("migrate", interactive=False, verbosity=0)
         login = self.ensure_admin()
-        host = os.environ.get("GRAFT_HOST", "127.0.0.1")
+        host = settings.GRAFT_HOST
         shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
         url = f"http://{shown_host}:{settings.GRAFT_PORT}/"
         processes = ["worker", "web"]
@@ -105,4 +105,9 @@ class Command(BaseCommand):
             f"  Processes: {', '.join(processes)} (broker: {broker}); Ctrl-C stops them all.",
             "",
         ]
+        if settings.GRAFT_HOST in ("0.0.0.0", "::"):
+            lines[-1:-1] = [
+                "  Other machines must use a host name or address in ALLOWED_HOSTS "
+                f"(now: {', '.join(settings.ALLOWED_HOSTS)}).",
+            ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
