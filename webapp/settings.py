@@ -260,9 +260,17 @@ GRAFT_INT8 = env_bool("GRAFT_INT8", False)
 
 # The embedded Redis (`make run`) listens on a Unix socket under var/.
 EMBEDDED_REDIS_SOCKET = VAR_DIR / "run" / "redis.sock"
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", f"redis+socket://{EMBEDDED_REDIS_SOCKET}")
-CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
-USES_EMBEDDED_REDIS = "CELERY_BROKER_URL" not in os.environ
+# Empty counts as unset: Celery itself would take "" for AMQP on localhost.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "").strip()
+USES_EMBEDDED_REDIS = not CELERY_BROKER_URL
+if USES_EMBEDDED_REDIS:
+    CELERY_BROKER_URL = f"redis+socket://{EMBEDDED_REDIS_SOCKET}"
+elif not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://")):
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL must be a Redis URL such as redis://host:6379/0, "
+        f"got {CELERY_BROKER_URL!r}"
+    )
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "").strip() or CELERY_BROKER_URL
 # The longest a training job may run; Redis's visibility timeout must exceed it, or an
 # unacknowledged (late-ack) job would be delivered to a second worker while it runs.
 GRAFT_TRAINING_TIME_LIMIT = env_int("GRAFT_TRAINING_TIME_LIMIT", 6 * 3600, minimum=60)

@@ -91,6 +91,15 @@ def test_it_reads_the_scale_out_configuration(load, tmp_path):
     assert s["GRAFT_DATA_DIR"] == tmp_path / "shared-storage"
 
 
+def test_it_takes_an_empty_broker_url_as_unset(load, tmp_path):
+    # An empty CELERY_BROKER_URL (e.g. `CELERY_BROKER_URL=` in an env file) made Celery fall
+    # back to AMQP on localhost, while make run started no Redis.
+    s = load(CELERY_BROKER_URL="", CELERY_RESULT_BACKEND="")
+    assert s["USES_EMBEDDED_REDIS"] is True
+    assert s["CELERY_BROKER_URL"] == f"redis+socket://{tmp_path / 'var' / 'run' / 'redis.sock'}"
+    assert s["CELERY_RESULT_BACKEND"] == s["CELERY_BROKER_URL"]
+
+
 def test_it_keeps_the_visibility_timeout_above_the_longest_job(load):
     s = load(GRAFT_TRAINING_TIME_LIMIT="7200")
     assert s["CELERY_TASK_TIME_LIMIT"] > 7200
@@ -123,6 +132,7 @@ def test_it_takes_the_log_level_in_any_case(load):
         ("GRAFT_TRAINING_TIME_LIMIT", "1.5h"),
         ("DATABASE_URL", "mysterydb://nowhere"),
         ("LOG_LEVEL", "verbose"),
+        ("CELERY_BROKER_URL", "queue.internal:6379"),
     ],
 )
 def test_it_names_the_variable_with_a_bad_value(load, name, value):
