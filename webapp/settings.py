@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -83,19 +84,30 @@ def _secret_key(var_dir: Path) -> str:
         return os.environ["SECRET_KEY"]
     key_file = var_dir / "secret_key"
     try:
-        if key_file.exists():
-            return key_file.read_text().strip()
-        var_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(50)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(key)
+        if not key_file.exists():
+            _create_once(key_file, secrets.token_urlsafe(50))
+        return key_file.read_text().strip()
     except OSError as exc:
         raise ImproperlyConfigured(
             f"GRAFT_VAR_DIR ({var_dir}) cannot keep the generated secret key ({exc}): "
             "make it a writable directory, or set SECRET_KEY"
         ) from None
-    return key
+
+
+def _create_once(path: Path, text: str) -> None:
+    """Create ``path`` (mode 0600) holding ``text`` unless it exists, whole or not at all:
+    processes that start together (gunicorn's workers, a Celery worker) must all read the
+    one key that won, never a half-written file or an error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(temporary)
 
 
 def _default_hosts(listen: str) -> list[str]:
