@@ -53,6 +53,24 @@ def test_it_names_a_data_dir_it_cannot_write_before_starting_anything(settings, 
         call_command("graft_run", "--no-start", stdout=StringIO())
 
 
+@pytest.mark.django_db
+def test_it_names_graft_port_when_the_port_is_taken_and_starts_nothing(settings, monkeypatch):
+    import socket
+
+    import honcho.command
+
+    started = []
+    monkeypatch.setattr(honcho.command, "main", started.append)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings.GRAFT_HOST = "127.0.0.1"
+        settings.GRAFT_PORT = taken.getsockname()[1]
+        with pytest.raises(CommandError, match=f"{settings.GRAFT_PORT}.*GRAFT_PORT"):
+            call_command("graft_run", stdout=StringIO())
+    assert started == []
+
+
 def test_the_worker_waits_for_the_embedded_redis_before_it_connects(tmp_path, broker, settings):
     from pathlib import Path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,8 @@ class Command(BaseCommand):
         parser.add_argument("--no-start", action="store_true", help="Prepare only; start nothing.")
 
     def handle(self, *args: Any, no_start: bool = False, **options: Any) -> None:
+        if not no_start:
+            self.check_port_free(settings.GRAFT_HOST, settings.GRAFT_PORT)
         self.check_writable("GRAFT_VAR_DIR", Path(settings.VAR_DIR))
         self.check_writable("GRAFT_DATA_DIR", Path(settings.GRAFT_DATA_DIR))
         call_command("migrate", interactive=False, verbosity=0)
@@ -78,6 +81,19 @@ class Command(BaseCommand):
             tempfile.TemporaryFile(dir=path).close()
         except OSError as exc:
             raise CommandError(f"{name} ({path}) must be a writable directory: {exc}") from None
+
+    def check_port_free(self, host: str, port: int) -> None:
+        """Say which setting to change, before Redis and the worker start for nothing."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as runserver does
+            try:
+                probe.bind((host.strip("[]"), port))
+            except OSError as exc:
+                raise CommandError(
+                    f"Cannot listen on {host}:{port} ({exc.strerror}): is Graft already "
+                    "running? Stop what uses the port, or set GRAFT_PORT (and GRAFT_HOST)."
+                ) from None
 
     def ensure_admin(self) -> str:
         """Create the first superuser when there is no user at all; describe how to log in."""
