@@ -35,7 +35,29 @@ def test_it_names_the_broker_as_down_when_redis_is_unreachable(client, tmp_path,
     assert response.status_code == 503
     body = response.json()
     assert "broker" in body["down"]
-    assert "unreachable" in body["broker"]["error"]
+    assert body["broker"]["error"] == "broker unreachable"
+    assert str(tmp_path) not in response.content.decode()
+
+
+def test_it_says_the_database_is_down_without_its_details_but_logs_them(
+    client, broker, monkeypatch, caplog
+):
+    # /healthz needs no login: driver errors name the host, port, user or file.
+    from django.db import connection
+
+    unopenable = "/nonexistent-graft-dir/db-host.internal.sqlite3"
+    if connection.vendor != "sqlite":
+        unopenable = "graft_no_such_database_on_db_host"
+    connection.close()
+    monkeypatch.setitem(connection.settings_dict, "NAME", unopenable)
+    response = client.get(reverse("healthz"))
+    connection.close()
+    assert response.status_code == 503
+    body = response.json()
+    assert "database" in body["down"]
+    assert body["database"]["error"] == "database unreachable"
+    assert unopenable not in response.content.decode()
+    assert "healthz: database unreachable: " in caplog.text  # the driver's words, logged
 
 
 def test_it_needs_no_login_and_only_answers_get(client):
