@@ -176,6 +176,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: answers /healthz whatever the Host header (probes send the pod's IP).
+    "webapp.middleware.health_check_middleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves static files under gunicorn too (no separate web server needed).
     "whitenoise.middleware.WhiteNoiseMiddleware",

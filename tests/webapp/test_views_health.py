@@ -62,3 +62,16 @@ def test_it_says_the_database_is_down_without_its_details_but_logs_them(
 
 def test_it_needs_no_login_and_only_answers_get(client):
     assert client.post(reverse("healthz")).status_code == 405
+
+
+def test_it_answers_probes_whatever_host_they_send(client, broker):
+    # Load balancers and kubernetes probe the pod's IP, which is no name in ALLOWED_HOSTS.
+    response = client.get(reverse("healthz"), HTTP_HOST="10.1.2.3:8000")
+    assert response.status_code == 503
+    assert response.json()["down"] == ["workers"]
+    assert client.post(reverse("healthz"), HTTP_HOST="10.1.2.3:8000").status_code == 405
+
+
+def test_it_still_refuses_other_pages_for_a_host_not_allowed(client):
+    assert client.get(reverse("login"), HTTP_HOST="10.1.2.3:8000").status_code == 400
+    assert client.get(reverse("healthz") + "/", HTTP_HOST="10.1.2.3:8000").status_code == 400
