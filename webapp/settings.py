@@ -156,6 +156,11 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # refuses every form post (https://host is not http://host). A client that sends the header
 # itself only changes how its own request is judged: no redirect or cookie depends on it.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Opt-in: behind HTTPS, browsers then never send the session or CSRF cookie over plain HTTP.
+# Off by default, or `make run`'s http:// URL could not keep anyone logged in.
+GRAFT_SECURE_COOKIES = env_bool("GRAFT_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = GRAFT_SECURE_COOKIES
+CSRF_COOKIE_SECURE = GRAFT_SECURE_COOKIES
 GRAFT_PORT = env_int("GRAFT_PORT", 8000, minimum=1)
 if GRAFT_PORT > 65535:
     raise ImproperlyConfigured(f"GRAFT_PORT must be a TCP port (1-65535), got {GRAFT_PORT}")

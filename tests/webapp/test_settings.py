@@ -22,6 +22,7 @@ GRAFT_VARS = [
     "GRAFT_TRAINING_TIME_LIMIT",
     "LOG_LEVEL",
     "GRAFT_HOST",
+    "GRAFT_SECURE_COOKIES",
 ]
 
 
@@ -116,6 +117,14 @@ def test_it_accepts_requests_for_the_address_make_run_listens_on(load):
     ]
 
 
+def test_it_marks_cookies_secure_only_when_asked(load):
+    # Off by default: make run serves plain http://, where a Secure cookie is never sent back.
+    s = load()
+    assert (s["SESSION_COOKIE_SECURE"], s["CSRF_COOKIE_SECURE"]) == (False, False)
+    s = load(GRAFT_SECURE_COOKIES="true")
+    assert (s["SESSION_COOKIE_SECURE"], s["CSRF_COOKIE_SECURE"]) == (True, True)
+
+
 def test_it_takes_the_log_level_in_any_case(load):
     # gunicorn.conf.py lower-cases LOG_LEVEL for gunicorn, so "info" must work here too.
     assert load(LOG_LEVEL="info")["LOGGING"]["root"]["level"] == "INFO"
@@ -128,6 +137,7 @@ def test_it_takes_the_log_level_in_any_case(load):
         ("GRAFT_PORT", "eighty"),
         ("GRAFT_PORT", "70000"),
         ("DEBUG", "maybe"),
+        ("GRAFT_SECURE_COOKIES", "https"),
         ("GRAFT_MAX_IMAGE_MB", "0"),
         ("GRAFT_TRAINING_TIME_LIMIT", "1.5h"),
         ("DATABASE_URL", "mysterydb://nowhere"),
