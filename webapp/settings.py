@@ -234,7 +234,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# No STATIC_ROOT: nothing is collected (see WHITENOISE_USE_FINDERS), and WhiteNoise warns
+# at every worker boot about a STATIC_ROOT folder that does not exist.
+STATIC_ROOT = None
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

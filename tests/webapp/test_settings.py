@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import runpy
+import warnings
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,15 @@ def test_it_takes_the_log_level_in_any_case(load):
 def test_it_names_the_variable_with_a_bad_value(load, name, value):
     with pytest.raises(ImproperlyConfigured, match=name):
         load(**{name: value})
+
+
+def test_it_serves_static_files_in_production_without_collectstatic_or_a_warning(client, settings):
+    # gunicorn with DEBUG=false: WhiteNoise warned "No directory at: var/static/" at each
+    # worker boot, for a folder nothing ever fills (files come from the apps' folders).
+    settings.DEBUG = False
+    settings.WHITENOISE_AUTOREFRESH = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        response = client.get("/static/graft/graft.css")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content)
