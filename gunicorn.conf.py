@@ -15,19 +15,31 @@ from __future__ import annotations
 
 import os
 
+
+def _int(name: str, default: int) -> int:
+    """An integer from the environment; gunicorn prints this message if it is malformed."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
 _host = os.environ.get("GRAFT_HOST", "127.0.0.1")
 _port = os.environ.get("GRAFT_PORT", "8000")
 
 bind = os.environ.get("GRAFT_BIND", f"{_host}:{_port}").split(",")
-workers = int(os.environ.get("GUNICORN_WORKERS", os.cpu_count() or 2))
+workers = _int("GUNICORN_WORKERS", os.cpu_count() or 2)
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = _int("GUNICORN_THREADS", 4)
 preload_app = False
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+timeout = _int("GUNICORN_TIMEOUT", 120)
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then, so a slow leak in any library cannot grow without bound.
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
+max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = max_requests // 10
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
