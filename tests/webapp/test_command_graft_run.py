@@ -36,6 +36,17 @@ def test_it_takes_the_admin_credentials_from_the_environment(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_it_takes_empty_admin_settings_as_unset(monkeypatch):
+    # GRAFT_ADMIN_USERNAME= in an env file stopped the first make run with a ValueError.
+    monkeypatch.setenv("GRAFT_ADMIN_USERNAME", "")
+    monkeypatch.setenv("GRAFT_ADMIN_PASSWORD", "")
+    out = StringIO()
+    call_command("graft_run", "--no-start", stdout=out)
+    assert User.objects.get().username == "admin"
+    assert "Log in as 'admin' with password" in out.getvalue()
+
+
+@pytest.mark.django_db
 def test_it_says_which_host_names_other_machines_may_use_when_it_listens_on_all(settings):
     settings.GRAFT_HOST = "0.0.0.0"
     settings.ALLOWED_HOSTS = ["localhost", "graft.lan"]

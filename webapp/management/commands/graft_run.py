@@ -98,7 +98,7 @@ class Command(BaseCommand):
     def ensure_admin(self) -> str:
         """Create the first superuser when there is no user at all; describe how to log in."""
         User = get_user_model()
-        username = os.environ.get("GRAFT_ADMIN_USERNAME", "admin")
+        username = os.environ.get("GRAFT_ADMIN_USERNAME", "").strip() or "admin"
         if User.objects.exists():
             return "Log in with an existing account (create more in the Admin pages)."
         password = os.environ.get("GRAFT_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
