@@ -27,7 +27,8 @@ def _int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
-_host = os.environ.get("GRAFT_HOST", "127.0.0.1")
+_host = os.environ.get("GRAFT_HOST", "127.0.0.1").strip().strip("[]")
+_host = f"[{_host}]" if ":" in _host else _host  # gunicorn reads :::8000 as no port
 _port = os.environ.get("GRAFT_PORT", "8000")
 
 bind = os.environ.get("GRAFT_BIND", f"{_host}:{_port}").split(",")

@@ -36,3 +36,9 @@ def test_it_reads_its_numbers_from_the_environment(load):
 def test_it_names_the_variable_with_a_bad_number(load, name):
     with pytest.raises(ValueError, match=f"{name} must be an integer, got 'four'"):
         load(**{name: "four"})
+
+
+def test_it_brackets_an_ipv6_graft_host_in_the_address_it_binds(load):
+    assert load(GRAFT_HOST="::", GRAFT_PORT="9000")["bind"] == ["[::]:9000"]
+    assert load(GRAFT_HOST="[fd00::5]")["bind"] == ["[fd00::5]:8000"]
+    assert load(GRAFT_HOST="0.0.0.0")["bind"] == ["0.0.0.0:8000"]

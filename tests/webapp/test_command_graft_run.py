@@ -82,6 +82,46 @@ def test_it_names_graft_port_when_the_port_is_taken_and_starts_nothing(settings,
     assert started == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_runserver_a_bracketed_address_and_prints_a_usable_url_for_ipv6(
+    settings, monkeypatch
+):
+    # GRAFT_HOST=:: made the Procfile run `runserver :::8000`, which runserver refuses.
+    import os
+    import re
+    import signal
+    import socket
+    import string
+
+    import honcho.command
+    from django.core.management.commands.runserver import naiveip_re
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    settings.GRAFT_PORT = port
+    environ, hangup = dict(os.environ), signal.getsignal(signal.SIGHUP)
+    monkeypatch.chdir(Path.cwd())
+    started = []
+    monkeypatch.setattr(honcho.command, "main", lambda argv: started.append(dict(os.environ)))
+    try:
+        for host, url in [("::", f"http://localhost:{port}/"), ("::1", f"http://[::1]:{port}/")]:
+            settings.GRAFT_HOST = host
+            out = StringIO()
+            call_command("graft_run", stdout=out)
+            assert url in out.getvalue()
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        signal.signal(signal.SIGHUP, hangup)
+    procfile = (Path(settings.BASE_DIR) / "Procfile").read_text()
+    web = next(line for line in procfile.splitlines() if line.startswith("web:"))
+    address = re.search(r'runserver "([^"]+)"', web).group(1)  # as the shell expands it:
+    addresses = [string.Template(address).substitute(env) for env in started]
+    assert addresses == [f"[::]:{port}", f"[::1]:{port}"]
+    assert all(re.match(naiveip_re, address) for address in addresses)
+
+
 def test_the_worker_waits_for_the_embedded_redis_before_it_connects(tmp_path, broker, settings):
     from pathlib import Path
 

@@ -35,14 +35,16 @@ class Command(BaseCommand):
         parser.add_argument("--no-start", action="store_true", help="Prepare only; start nothing.")
 
     def handle(self, *args: Any, no_start: bool = False, **options: Any) -> None:
+        address = settings.GRAFT_HOST.strip("[]")
+        # runserver (and a URL) needs an IPv6 address in brackets: [::]:8000, not :::8000.
+        host = f"[{address}]" if ":" in address else address
         if not no_start:
-            self.check_port_free(settings.GRAFT_HOST, settings.GRAFT_PORT)
+            self.check_port_free(host, settings.GRAFT_PORT)
         self.check_writable("GRAFT_VAR_DIR", Path(settings.VAR_DIR))
         self.check_writable("GRAFT_DATA_DIR", Path(settings.GRAFT_DATA_DIR))
         call_command("migrate", interactive=False, verbosity=0)
         login = self.ensure_admin()
-        host = settings.GRAFT_HOST
-        shown_host = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+        shown_host = "localhost" if address in ("127.0.0.1", "0.0.0.0", "::") else host
         url = f"http://{shown_host}:{settings.GRAFT_PORT}/"
         processes = ["worker", "web"]
         if settings.USES_EMBEDDED_REDIS:
@@ -121,7 +123,7 @@ class Command(BaseCommand):
             f"  Processes: {', '.join(processes)} (broker: {broker}); Ctrl-C stops them all.",
             "",
         ]
-        if settings.GRAFT_HOST in ("0.0.0.0", "::"):
+        if settings.GRAFT_HOST.strip("[]") in ("0.0.0.0", "::"):
             lines[-1:-1] = [
                 "  Other machines must use a host name or address in ALLOWED_HOSTS "
                 f"(now: {', '.join(settings.ALLOWED_HOSTS)}).",
