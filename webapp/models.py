@@ -184,7 +184,9 @@ class TrainingJob(_RunTimes, _Cancellable, models.Model):
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
-    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="jobs")
+    # RESTRICT, not PROTECT: a dataset with jobs cannot be deleted on its own, but its
+    # project can, since the project's jobs go in the same cascade.
+    dataset = models.ForeignKey(Dataset, on_delete=models.RESTRICT, related_name="jobs")
     config = models.JSONField(default=dict)
     status = models.CharField(
         max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True

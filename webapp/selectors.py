@@ -87,6 +87,51 @@ def ready_datasets(*, project: Project) -> QuerySet[Dataset]:
     return Dataset.objects.filter(project=project, status=Dataset.Status.READY).order_by("name")
 
 
+def dataset_delete_refusal(*, dataset: Dataset) -> str:
+    """Why ``dataset`` cannot be deleted now, in words; "" when it can.
+
+    An import owns the folder while it runs, and a queued or running job reads it. Finished
+    jobs and versions keep it too, by design: their pages link what they learned from (a
+    version shows its most confident mistakes from these photos), a job's file list names
+    them, and a dataset row stays the one place a fingerprint leads back to.
+    """
+    if dataset.is_importing:
+        return (
+            f"Dataset “{dataset.name}” is still importing; delete it once it is ready or "
+            "has failed."
+        )
+    jobs = list(dataset.jobs.order_by("pk").values_list("pk", "status"))
+    active = [f"#{pk}" for pk, status in jobs if status not in TrainingJob.FINISHED]
+    if active:
+        return (
+            f"{_listed('Job', active)} on dataset “{dataset.name}” "
+            f"{'are' if len(active) > 1 else 'is'} queued or running; cancel "
+            f"{'them' if len(active) > 1 else 'it'}, then delete the dataset once stopped."
+        )
+    numbers = list(dataset.versions.order_by("number").values_list("number", flat=True))
+    used = [
+        _listed("version", [f"v{n}" for n in numbers]),
+        _listed("job", [f"#{pk}" for pk, _ in jobs]),
+    ]
+    used = [text for text in used if text]
+    if not used:
+        return ""
+    return (
+        f"Dataset “{dataset.name}” is kept as training history: {' and '.join(used)} "
+        "learned from it, and their pages show its photos. Delete those first (jobs in the "
+        "admin) to delete the dataset."
+    )
+
+
+def _listed(noun: str, names: list[str], limit: int = 10) -> str:
+    """ "jobs #3, #4", "version v2", "jobs #1, … and 5 more"; "" for no names."""
+    if not names:
+        return ""
+    plural = "es" if noun.endswith("ch") else "s"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"{noun}{plural if len(names) > 1 else ''} {', '.join(names[:limit])}{more}"
+
+
 def dataset_samples(*, dataset: Dataset, per_class: int = 8) -> dict[str, list[str]]:
     """A few image paths (relative to the dataset folder) per class, for thumbnails."""
     from classifier.images import SUPPORTED_SUFFIXES

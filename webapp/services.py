@@ -29,14 +29,14 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Max, Q, QuerySet, Value, When
+from django.db.models import Case, F, Max, Q, QuerySet, RestrictedError, Value, When
 from django.utils import timezone
 from django.utils.text import slugify
 
 from classifier.config import TrainConfig
 from classifier.errors import ClassifierError, DatasetError, InvalidImageError
 from classifier.images import SUPPORTED_SUFFIXES
-from webapp import dataset_files
+from webapp import dataset_files, selectors
 from webapp.models import (
     ActivationEvent,
     BatchClassification,
@@ -566,6 +566,48 @@ def dataset_refresh(*, dataset: Dataset) -> Dataset:
         )
     dataset.refresh_from_db()
     return dataset
+
+
+def dataset_delete(*, dataset: Dataset, user: AbstractBaseUser | None = None) -> None:
+    """Delete a dataset: its row, then its photos and what its imports left on disk.
+
+    Refused while it imports, while a job is queued or running on it, and while finished
+    jobs or versions trained on it (``selectors.dataset_delete_refusal`` says which): that
+    history is kept by design, so a version's lineage page still shows its photos and a
+    job's file list still names them. Delete those first to delete the dataset.
+
+    The row goes in a transaction (locked, so the refusal is judged on its latest state)
+    and the files only after it commits: its folder, staging leftovers, uploaded zip and
+    its folder's scan hash cache. A folder another dataset's row names stays, and so does
+    the feature cache, which is keyed by photo content and shared by every dataset.
+
+    Raises:
+        ValidationError: why it cannot be deleted now, in words; nothing changed.
+    """
+    with transaction.atomic():
+        dataset = Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
+        if dataset is None:
+            return  # deleted meanwhile, by someone else
+        refusal = selectors.dataset_delete_refusal(dataset=dataset)
+        if refusal:
+            raise ValidationError(refusal)
+        files = Dataset(pk=dataset.pk, directory=dataset.directory)
+        try:
+            dataset.delete()
+        except RestrictedError:  # a job was created on it meanwhile
+            raise ValidationError(
+                f"A training job started on dataset “{dataset.name}” meanwhile; it is kept."
+            ) from None
+        if not Dataset.objects.filter(directory=files.directory).exists():
+            transaction.on_commit(partial(_dataset_files_remove, files))
+    log.info("Dataset %s (%s): deleted by %s", files.pk, files.directory, _username(user))
+
+
+def _dataset_files_remove(dataset: Dataset) -> None:
+    """Remove a deleted dataset's files: its folder's scan hash cache, staging leftovers,
+    the folder itself and its uploaded zip. ``dataset`` carries the old pk and directory."""
+    _hash_cache(dataset.path).unlink(missing_ok=True)
+    _import_leftovers_remove(dataset, keep_upload=False)
 
 
 # --- Training jobs --------------------------------------------------------------------

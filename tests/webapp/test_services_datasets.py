@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
+from tests.factories import make_dataset, make_job, make_version
 from tests.images import image_folder, jpeg_bytes, zip_of_folder
 from webapp import services
 from webapp.models import Dataset
@@ -496,3 +497,139 @@ def test_it_leaves_an_import_alone_while_its_worker_beats(project, data_dir, tmp
 
     assert services.datasets_reconcile() == {"requeued": [], "failed": [], "reenqueued": []}
     assert services.dataset_run_import(dataset=held).status == Dataset.Status.READY
+
+
+# --- Deleting ---------------------------------------------------------------------------
+
+
+def _imported(project, tmp_path: Path, name: str) -> Dataset:
+    """A ready dataset imported from a zip and rescanned (as adding photos or training
+    does), so its folder and its folder's scan hash cache are on disk."""
+    folder = image_folder(tmp_path / f"src-{name}", {"cats": 2, "dogs": 2})
+    dataset = services.dataset_refresh(
+        dataset=import_zip(project, zip_of_folder(folder), tmp_path, name=name)
+    )
+    assert _scan_cache(dataset).is_file()
+    return dataset
+
+
+def _scan_cache(dataset: Dataset) -> Path:
+    from classifier.data import hash_cache_path
+
+    return hash_cache_path(Path(settings.GRAFT_DATA_DIR) / "cache", dataset.path)
+
+
+def test_it_deletes_a_dataset_with_its_files_and_leaves_the_others(
+    project, data_dir, tmp_path, django_capture_on_commit_callbacks
+):
+    dataset = _imported(project, tmp_path, "photos")
+    other = _imported(project, tmp_path, "others")
+    staging = dataset.path.parent / f".staging-{dataset.pk}-0dead0"
+    staging.mkdir()
+    upload = data_dir / "incoming" / f"dataset-{dataset.pk}.zip"
+    upload.parent.mkdir(exist_ok=True)
+    upload.write_bytes(b"PK")
+    features = data_dir / "cache" / "features" / "key" / "shard-0.npz"
+    features.parent.mkdir(parents=True)
+    features.write_bytes(b"shared by every dataset")
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        services.dataset_delete(dataset=dataset)
+    assert dataset.path.is_dir()  # the files wait for the commit
+    for callback in callbacks:
+        callback()
+
+    assert not Dataset.objects.filter(pk=dataset.pk).exists()
+    assert not dataset.path.exists()
+    assert not staging.exists()
+    assert not upload.exists()
+    assert not _scan_cache(dataset).exists()
+    assert features.is_file()
+    assert sorted(p.name for p in other.path.iterdir()) == ["cats", "dogs"]
+    assert _scan_cache(other).is_file()
+
+
+def test_it_deletes_a_failed_import(
+    project, data_dir, tmp_path, django_capture_on_commit_callbacks
+):
+    dataset = import_zip(project, b"not a zip", tmp_path)
+    assert dataset.status == Dataset.Status.FAILED
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dataset_delete(dataset=dataset)
+
+    assert not Dataset.objects.exists()
+
+
+def test_it_refuses_to_delete_a_dataset_while_it_imports(project, data_dir):
+    dataset = make_dataset(project, status=Dataset.Status.IMPORTING)
+    dataset.path.mkdir(parents=True)
+
+    with pytest.raises(ValidationError, match="still importing"):
+        services.dataset_delete(dataset=dataset)
+
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert dataset.path.is_dir()
+
+
+@pytest.mark.parametrize("status", ["queued", "running"])
+def test_it_refuses_to_delete_a_dataset_a_job_is_training_on(project, data_dir, status):
+    dataset = make_dataset(project)
+    dataset.path.mkdir(parents=True)
+    job = make_job(project, dataset, status=status)
+
+    with pytest.raises(ValidationError) as refused:
+        services.dataset_delete(dataset=dataset)
+
+    assert refused.value.messages == [
+        f"Job #{job.pk} on dataset “photos” is queued or running; cancel it, then delete "
+        "the dataset once stopped."
+    ]
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert dataset.path.is_dir()
+
+
+def test_it_keeps_a_dataset_as_training_history_and_names_it(project, data_dir):
+    dataset = make_dataset(project)
+    dataset.path.mkdir(parents=True)
+    jobs = [make_job(project, dataset, status=s) for s in ("succeeded", "failed")]
+    make_version(project, 1, job=jobs[0], dataset=dataset)
+    make_version(project, 2, dataset=dataset)  # its job since deleted
+
+    with pytest.raises(ValidationError) as refused:
+        services.dataset_delete(dataset=dataset)
+
+    assert refused.value.messages == [
+        f"Dataset “photos” is kept as training history: versions v1, v2 and jobs "
+        f"#{jobs[0].pk}, #{jobs[1].pk} learned from it, and their pages show its photos. "
+        "Delete those first (jobs in the admin) to delete the dataset."
+    ]
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert dataset.path.is_dir()
+
+
+def test_it_keeps_a_folder_another_dataset_names(
+    project, data_dir, django_capture_on_commit_callbacks
+):
+    dataset = make_dataset(project, "photos", directory="datasets/flowers/shared")
+    make_dataset(project, "copy", directory="datasets/flowers/shared")
+    dataset.path.mkdir(parents=True)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dataset_delete(dataset=dataset)
+
+    assert not Dataset.objects.filter(pk=dataset.pk).exists()
+    assert dataset.path.is_dir()
+
+
+def test_it_keeps_a_dataset_a_job_was_started_on_since_the_check(project, data_dir, monkeypatch):
+    dataset = make_dataset(project)
+    dataset.path.mkdir(parents=True)
+    make_job(project, dataset)
+    monkeypatch.setattr(services.selectors, "dataset_delete_refusal", lambda dataset: "")
+
+    with pytest.raises(ValidationError, match="A training job started on dataset “photos”"):
+        services.dataset_delete(dataset=dataset)
+
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert dataset.path.is_dir()
