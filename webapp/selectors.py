@@ -123,6 +123,29 @@ def dataset_delete_refusal(*, dataset: Dataset) -> str:
     )
 
 
+def project_delete_refusal(*, project: Project) -> str:
+    """Why ``project`` cannot be deleted now, in words; "" when it can. Workers write into
+    its folders while one of its imports, training jobs or batches is under way."""
+    importing = project.datasets.filter(status=Dataset.Status.IMPORTING)
+    jobs = project.jobs.exclude(status__in=TrainingJob.FINISHED)
+    batches = project.batches.exclude(status__in=BatchClassification.FINISHED)
+    busy = [
+        f"{_listed(noun, names)} {'are' if len(names) > 1 else 'is'} {doing}"
+        for noun, names, doing in [
+            ("dataset", [f"“{n}”" for n in importing.values_list("name", flat=True)], "importing"),
+            ("training job", [f"#{pk}" for pk in jobs.values_list("pk", flat=True)], "under way"),
+            ("batch", [f"#{pk}" for pk in batches.values_list("pk", flat=True)], "under way"),
+        ]
+        if names
+    ]
+    if not busy:
+        return ""
+    return (
+        f"Project “{project.name}” is still at work: {'; '.join(busy)}. Cancel its jobs and "
+        "batches (imports end by themselves), then delete it once they have stopped."
+    )
+
+
 def _listed(noun: str, names: list[str], limit: int = 10) -> str:
     """ "jobs #3, #4", "version v2", "jobs #1, … and 5 more"; "" for no names."""
     if not names:

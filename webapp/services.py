@@ -6,6 +6,7 @@ Status transitions are conditional updates, so two callers racing cannot both wi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -76,6 +77,99 @@ def project_create(
     while Project.objects.filter(slug=slug).exists():
         slug, n = f"{base}-{n}", n + 1
     return Project.objects.create(name=name, slug=slug, description=description, created_by=user)
+
+
+def project_delete(*, project: Project, user: AbstractBaseUser | None = None) -> None:
+    """Delete a project with everything in it: its rows (by cascade), then its files.
+
+    The files are each dataset's folder with its import leftovers and scan hash cache,
+    each version's folder, each batch's folder, the photos kept for its predictions and
+    its jobs' checkpoints; a folder another project's row also names stays. The rows go in
+    a transaction (the project row locked, as a finishing job locks it to add a version)
+    and the files only after it commits, so a refusal keeps everything.
+
+    Raises:
+        ValidationError: an import, training job or batch of the project is under way
+            (its worker writes into the project's folders).
+    """
+    with transaction.atomic():
+        project = Project.objects.select_for_update().filter(pk=project.pk).first()
+        if project is None:
+            return  # deleted meanwhile, by someone else
+        refusal = selectors.project_delete_refusal(project=project)
+        if refusal:
+            raise ValidationError(refusal)
+        project_id, slug = project.pk, project.slug
+        datasets = [Dataset(pk=row, directory=d) for row, d in _rows(project.datasets)]
+        versions = [d for _, d in _rows(project.versions)]
+        batches = list(_rows(project.batches))
+        images = list(
+            project.predictions.exclude(image="").values_list("image", flat=True).iterator()
+        )
+        jobs = list(project.jobs.values_list("pk", flat=True))
+        project.delete()
+        in_use = _directories_in_use()
+        transaction.on_commit(
+            partial(
+                _project_files_remove,
+                slug=slug,
+                datasets=[d for d in datasets if d.directory not in in_use],
+                versions=[d for d in versions if d not in in_use],
+                batches=[(row, d) for row, d in batches if d not in in_use],
+                images=images,
+                jobs=jobs,
+            )
+        )
+    log.info("Project %s (%s): deleted by %s", project_id, slug, _username(user))
+
+
+def _rows(related: QuerySet) -> QuerySet:
+    return related.values_list("pk", "directory")
+
+
+def _directories_in_use() -> set[str]:
+    """Every folder a dataset, version or batch row names (relative to the data root)."""
+    return {
+        directory
+        for model in (Dataset, ModelVersion, BatchClassification)
+        for directory in model.objects.values_list("directory", flat=True)
+    }
+
+
+def _project_files_remove(
+    *,
+    slug: str,
+    datasets: list[Dataset],
+    versions: list[str],
+    batches: list[tuple[int, str]],
+    images: list[str],
+    jobs: list[int],
+) -> None:
+    """Remove a deleted project's files (see :func:`project_delete`), then its
+    ``datasets/<slug>`` and ``models/<slug>`` folders once they are empty."""
+    from worker.tasks import _checkpoint_dir
+
+    for dataset in datasets:
+        _dataset_files_remove(dataset)
+    for directory in versions:
+        _data_folder_remove(directory)
+    for batch_id, directory in batches:
+        _batch_folder_remove(batch_id, directory)
+    for name in images:
+        default_storage.delete(name)
+    for job_id in jobs:
+        shutil.rmtree(_checkpoint_dir(job_id), ignore_errors=True)
+    for parent in ("datasets", "models"):
+        with contextlib.suppress(OSError):  # not empty (another project's files), or gone
+            (Path(settings.GRAFT_DATA_DIR) / parent / slug).rmdir()
+
+
+def _data_folder_remove(directory: str) -> None:
+    """Remove a folder under ``GRAFT_DATA_DIR`` (never the data root, nothing outside it)."""
+    root = Path(settings.GRAFT_DATA_DIR).resolve()
+    folder = (root / directory).resolve()
+    if folder != root and folder.is_relative_to(root):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @transaction.atomic
