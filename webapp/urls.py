@@ -52,6 +52,11 @@ urlpatterns = [
         name="dataset_add_images",
     ),
     path(
+        "projects/<slug:slug>/datasets/<int:pk>/delete/",
+        datasets.dataset_delete,
+        name="dataset_delete",
+    ),
+    path(
         "projects/<slug:slug>/datasets/<int:pk>/thumb/<path:relpath>",
         datasets.dataset_thumbnail,
         name="dataset_thumbnail",

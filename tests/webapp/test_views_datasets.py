@@ -7,7 +7,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.urls import reverse
 
-from tests.factories import make_dataset, make_project
+from tests.factories import make_dataset, make_job, make_project, make_version
 from tests.images import image_folder, jpeg_bytes, zip_of_folder
 from webapp import services
 from webapp.models import Dataset
@@ -246,3 +246,87 @@ def test_it_says_when_the_broker_is_down_and_starts_no_import(
     assert "The job queue is unavailable" in response.content.decode()
     assert not Dataset.objects.exists()
     assert not (data_dir / "incoming").exists()
+
+
+# --- Deleting ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def doomed(project, data_dir):
+    """A ready dataset with photos on disk that no job or version used."""
+    dataset = make_dataset(project, "doomed", image_count=4, total_bytes=4000)
+    image_folder(dataset.path, {"daisy": 2, "tulip": 2})
+    return dataset
+
+
+def _delete_url(dataset: Dataset) -> str:
+    return reverse("dataset_delete", args=[dataset.project.slug, dataset.pk])
+
+
+def test_it_offers_delete_on_the_dataset_page_only_to_trainers(
+    trainer_client, viewer_client, doomed
+):
+    assert _delete_url(doomed).encode() in trainer_client.get(doomed.get_absolute_url()).content
+    assert _delete_url(doomed).encode() not in viewer_client.get(doomed.get_absolute_url()).content
+
+
+def test_it_forbids_deleting_a_dataset_without_the_train_permission(viewer_client, doomed):
+    assert viewer_client.get(_delete_url(doomed)).status_code == 403
+    assert viewer_client.post(_delete_url(doomed)).status_code == 403
+    assert Dataset.objects.filter(pk=doomed.pk).exists()
+    assert doomed.path.is_dir()
+
+
+def test_it_refuses_other_methods_on_delete(trainer_client, doomed):
+    assert trainer_client.put(_delete_url(doomed)).status_code == 405
+
+
+def test_it_answers_404_for_a_dataset_of_another_project(trainer_client, doomed):
+    make_project("Pets")
+    url = reverse("dataset_delete", args=["pets", doomed.pk])
+    assert trainer_client.get(url).status_code == 404
+    assert trainer_client.post(url).status_code == 404
+    assert Dataset.objects.filter(pk=doomed.pk).exists()
+
+
+def test_it_asks_before_deleting_and_get_changes_nothing(trainer_client, doomed):
+    response = trainer_client.get(_delete_url(doomed))
+
+    assert b"Delete doomed?" in response.content
+    assert b"4 photos (3.9\xc2\xa0KB)" in response.content
+    assert b'id="confirm-button"' in response.content
+    assert b"csrfmiddlewaretoken" in response.content
+    assert Dataset.objects.filter(pk=doomed.pk).exists()
+
+
+def test_it_says_why_a_dataset_cannot_be_deleted_instead_of_asking(trainer_client, doomed):
+    make_version(doomed.project, 1, dataset=doomed)
+
+    response = trainer_client.get(_delete_url(doomed))
+
+    assert "is kept as training history: version v1 learned" in response.content.decode()
+    assert b'id="confirm-button"' not in response.content
+
+
+def test_it_deletes_a_dataset_and_its_photos_then_shows_the_project(
+    trainer_client, doomed, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = trainer_client.post(_delete_url(doomed))
+
+    assert response["Location"] == doomed.project.get_absolute_url()
+    assert not Dataset.objects.filter(pk=doomed.pk).exists()
+    assert not doomed.path.exists()
+    page = trainer_client.get(response["Location"]).content.decode()
+    assert "Dataset “doomed” and its photos were deleted." in page
+
+
+def test_it_says_why_it_kept_a_dataset_on_post(trainer_client, doomed):
+    job = make_job(doomed.project, doomed, status="running")
+
+    response = trainer_client.post(_delete_url(doomed), follow=True)
+
+    assert response.redirect_chain == [(doomed.get_absolute_url(), 302)]
+    assert f"Job #{job.pk} on dataset “doomed” is queued or running" in response.content.decode()
+    assert Dataset.objects.filter(pk=doomed.pk).exists()
+    assert doomed.path.is_dir()

@@ -1,5 +1,5 @@
 """Datasets: the four ways in (zip, per-class photos, server folder, URL), the dataset
-page with its import report, and thumbnails of its photos."""
+page with its import report, thumbnails of its photos, and the confirmed delete."""
 
 from __future__ import annotations
 
@@ -209,6 +209,27 @@ def dataset_add_images(request: HttpRequest, slug: str, pk: int) -> HttpResponse
             return redirect(dataset)
     dataset.refresh_from_db()
     return render(request, "datasets/detail.html", _detail_context(dataset, form), status=400)
+
+
+@require_http_methods(["GET", "POST"])
+@permission_required("webapp.train_models", raise_exception=True)
+def dataset_delete(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    """Ask first (saying why not, when it cannot be deleted), then delete on POST."""
+    dataset = _dataset(slug, pk)
+    if request.method == "GET":
+        context = {
+            "project": dataset.project,
+            "dataset": dataset,
+            "refusal": selectors.dataset_delete_refusal(dataset=dataset),
+        }
+        return render(request, "datasets/confirm_delete.html", context)
+    try:
+        services.dataset_delete(dataset=dataset, user=request.user)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+        return redirect(dataset)
+    messages.success(request, f"Dataset “{dataset.name}” and its photos were deleted.")
+    return redirect(dataset.project)
 
 
 @require_GET
