@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from webapp import services
+from webapp import selectors, services
 from webapp.models import (
     ActivationEvent,
     BatchClassification,
@@ -22,14 +24,45 @@ from webapp.models import (
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
+    """Deleting a project goes through ``services.project_delete`` (not while an import,
+    job or batch of it is under way; its files go too)."""
+
     list_display = ["name", "slug", "created_by", "created_at"]
     search_fields = ["name", "slug", "description"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
 
+    def has_delete_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or not selectors.project_delete_refusal(project=obj))
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would skip the service (and the files)
+        return actions
+
+    def delete_model(self, request: HttpRequest, obj: Project) -> None:
+        services.project_delete(project=obj, user=request.user)
+
+    def get_deleted_objects(self, objs: Sequence[Project], request: HttpRequest) -> tuple:
+        """As the admin's, except that what the dataset, version and batch admins refuse to
+        delete on its own (a dataset kept as training history, the active version) goes
+        with its project: ``project_delete`` judges the project as a whole. A missing
+        model permission still holds it back."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        allowed = {
+            str(model._meta.verbose_name)
+            for model, model_admin in self.admin_site._registry.items()
+            if model_admin.has_delete_permission(request)
+        }
+        return deleted, counts, {p for p in perms_needed if str(p) not in allowed}, protected
+
 
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
+    """Deleting a dataset goes through ``services.dataset_delete`` (not while it imports or
+    while training history uses it; its files go too)."""
+
     list_display = [
         "name",
         "project",
@@ -51,6 +84,18 @@ class DatasetAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Dataset | None = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or not selectors.dataset_delete_refusal(dataset=obj))
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would skip the service (and the files)
+        return actions
+
+    def delete_model(self, request: HttpRequest, obj: Dataset) -> None:
+        services.dataset_delete(dataset=obj, user=request.user)
 
 
 class EpochRecordInline(admin.TabularInline):

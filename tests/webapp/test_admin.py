@@ -5,7 +5,14 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
-from webapp.models import ActivationEvent, BatchClassification, ModelVersion
+from webapp.models import (
+    ActivationEvent,
+    BatchClassification,
+    Dataset,
+    ModelVersion,
+    Project,
+    TrainingJob,
+)
 from webapp.services import model_version_activate
 
 MODELS = [
@@ -266,3 +273,76 @@ def test_it_offers_no_bulk_delete_of_versions(admin_client, rows):
 
     choices = [value for value, _ in response.context["action_form"].fields["action"].choices]
     assert "delete_selected" not in choices
+
+
+def test_it_deletes_an_unused_dataset_with_its_folder(
+    admin_client, rows, django_capture_on_commit_callbacks
+):
+    dataset = make_dataset(rows["project"], "unused")
+    dataset.path.mkdir(parents=True)
+    url = reverse("admin:webapp_dataset_delete", args=[dataset.pk])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Dataset.objects.filter(pk=dataset.pk).exists()
+    assert not dataset.path.exists()
+
+
+def test_it_offers_no_delete_for_a_dataset_with_training_history(admin_client, rows):
+    dataset = rows["dataset"]
+    dataset.path.mkdir(parents=True)
+    url = reverse("admin:webapp_dataset_delete", args=[dataset.pk])
+
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert Dataset.objects.filter(pk=dataset.pk).exists()
+    assert dataset.path.is_dir()
+
+
+def test_it_deletes_a_project_with_its_files(
+    admin_client, rows, django_capture_on_commit_callbacks
+):
+    TrainingJob.objects.update(status="succeeded")
+    model_version_activate(version=rows["modelversion"])  # goes with its project
+    rows["dataset"].path.mkdir(parents=True)  # kept as training history, goes too
+    url = reverse("admin:webapp_project_delete", args=[rows["project"].pk])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Project.objects.exists()
+    for path in (rows["dataset"].path, rows["modelversion"].path, rows["batchclassification"].path):
+        assert not path.exists()
+
+
+def test_it_offers_no_delete_for_a_project_at_work(admin_client, rows):
+    url = reverse("admin:webapp_project_delete", args=[rows["project"].pk])  # its job is queued
+
+    assert admin_client.post(url, {"post": "yes"}).status_code == 403
+    assert Project.objects.exists()
+    assert rows["modelversion"].path.is_dir()
+
+
+@pytest.mark.parametrize("model", ["project", "dataset"])
+def test_it_offers_no_bulk_delete_that_would_leave_files(admin_client, rows, model):
+    response = admin_client.get(reverse(f"admin:webapp_{model}_changelist"))
+
+    assert response.status_code == 200
+    assert b'value="delete_selected"' not in response.content
+
+
+def test_it_needs_the_permission_to_delete_what_goes_with_a_project(client, rows):
+    from django.contrib.auth.models import Permission, User
+
+    staff = User.objects.create_user("sam", is_staff=True)
+    staff.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_project", "delete_project"])
+    )
+    client.force_login(staff)
+    TrainingJob.objects.update(status="succeeded")
+    url = reverse("admin:webapp_project_delete", args=[rows["project"].pk])
+
+    assert client.post(url, {"post": "yes"}).status_code == 403
+    assert Project.objects.exists()
