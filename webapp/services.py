@@ -515,6 +515,7 @@ def dataset_run_import(*, dataset: Dataset) -> Dataset:
     """
     final = dataset.path
     staging = dataset_files.staging_dir(final)
+    staged_hashes = _hash_cache(staging)
     try:
         report = _stage(dataset, staging, _incoming(dataset))
         scan = _scan(staging)
@@ -545,6 +546,12 @@ def dataset_run_import(*, dataset: Dataset) -> Dataset:
         _dataset_fail(dataset, f"The import failed unexpectedly: {exc}")
     else:
         _incoming(dataset).unlink(missing_ok=True)
+        # The scan's hashes hold for the folder moved in (a rename keeps every photo's
+        # size, times and inode): the first job reads them instead of hashing it again.
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(staged_hashes, _hash_cache(final))
+    finally:
+        staged_hashes.unlink(missing_ok=True)  # keyed by a folder that is gone
     dataset.refresh_from_db()
     return dataset
 
@@ -954,6 +961,10 @@ def training_job_succeed(
         project = Project.objects.select_for_update().get(pk=job.project_id)
         number = _next_version_number(project)
         relative = f"models/{project.slug}/v{number}"
+        if ModelVersion.objects.filter(directory=relative).exists():
+            # Another project's: it was renamed in the admin (before slugs were fixed) and
+            # keeps its folders under the slug this project now has.
+            relative += f"-job{job.pk}"
         final = Path(settings.GRAFT_DATA_DIR) / relative
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # left by a crash between rename and commit

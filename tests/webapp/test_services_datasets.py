@@ -39,6 +39,20 @@ def test_it_imports_a_zip_of_class_folders(project, data_dir, tmp_path):
     assert not (data_dir / "incoming" / f"dataset-{dataset.pk}.zip").exists()
 
 
+def test_it_keeps_the_import_scans_hashes_for_the_folder_it_moved_in(project, data_dir, tmp_path):
+    from classifier.data import hash_cache_path
+
+    folder = image_folder(tmp_path / "src", {"cats": 2, "dogs": 2})
+    dataset = import_zip(project, zip_of_folder(folder), tmp_path)
+    refused = import_zip(project, b"not a zip", tmp_path, name="broken")
+
+    assert refused.status == Dataset.Status.FAILED
+    # One file, for the dataset's own folder: none left behind for the staging folders.
+    assert list((data_dir / "cache" / "scans").iterdir()) == [
+        hash_cache_path(data_dir / "cache", dataset.path)
+    ]
+
+
 def test_it_accepts_the_dataset_folder_zipped_as_a_whole(project, data_dir, tmp_path):
     folder = image_folder(tmp_path / "src", {"a": 2, "b": 2})
     dataset = import_zip(project, zip_of_folder(folder, prefix="flower_photos/"), tmp_path)
