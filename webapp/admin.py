@@ -36,6 +36,14 @@ class ProjectAdmin(admin.ModelAdmin):
         allowed = super().has_delete_permission(request, obj)
         return allowed and (obj is None or not selectors.project_delete_refusal(project=obj))
 
+    # The slug names the project's folders and URLs (API clients use it): set once.
+    def get_readonly_fields(self, request: HttpRequest, obj: Project | None = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        return [*fields, "slug"] if obj else fields
+
+    def get_prepopulated_fields(self, request: HttpRequest, obj: Project | None = None) -> dict:
+        return {} if obj else super().get_prepopulated_fields(request, obj)
+
     def get_actions(self, request: HttpRequest) -> dict:
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)  # it would skip the service (and the files)

@@ -346,3 +346,16 @@ def test_it_needs_the_permission_to_delete_what_goes_with_a_project(client, rows
 
     assert client.post(url, {"post": "yes"}).status_code == 403
     assert Project.objects.exists()
+
+
+def test_it_keeps_a_projects_slug_once_set(admin_client, rows):
+    project = rows["project"]
+    url = reverse("admin:webapp_project_change", args=[project.pk])
+
+    page = admin_client.get(url).content.decode()
+    admin_client.post(url, {"name": project.name, "slug": "renamed", "description": ""})
+
+    assert 'name="slug"' not in page  # shown, not editable: it names folders and URLs
+    project.refresh_from_db()
+    assert project.slug != "renamed"
+    assert admin_client.get(reverse("admin:webapp_project_add")).status_code == 200

@@ -13,7 +13,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from tests.factories import make_job
+from tests.factories import make_job, make_project, make_version
 from webapp import services
 from webapp.models import EpochRecord, TrainingJob
 
@@ -245,3 +245,19 @@ def test_it_leaves_a_cancel_to_the_attempt_that_holds_the_job(project, dataset, 
     job.refresh_from_db()
     assert version is None
     assert (job.status, job.cancel_requested) == ("running", True)
+
+
+def test_it_never_writes_over_a_folder_another_projects_version_has(project, dataset, data_dir):
+    # A project renamed in the admin (before slugs were fixed) kept its folders under its
+    # old slug, which a new project may then have.
+    other = make_project(name="Old", slug="old")
+    kept = make_version(other, 1, with_files=True, directory=f"models/{project.slug}/v1")
+    job = make_job(project, dataset, status="running", attempts=1)
+
+    version = services.training_job_succeed(
+        job_id=job.pk, attempt=1, staged_dir=_staged(data_dir, job, 1), result={}
+    )
+
+    assert version.number == 1 and version.path != kept.path
+    assert (version.path / "model.tflite").read_bytes() == b"model"
+    assert (kept.path / "model.tflite").read_bytes() == b"x" * 10
