@@ -14,11 +14,12 @@ on LiteRT.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from classifier.config import TrainConfig
 from classifier.errors import ClassifierError
@@ -129,18 +130,23 @@ def _train(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from classifier.train import TrainCallbacks, train
 
+    stdout = sys.stdout
+
     class PrintEpochs(TrainCallbacks):
         def on_epoch(self, epoch: int, logs: dict[str, Any]) -> None:
-            _print_json({"event": "epoch", **logs})
+            _print_json({"event": "epoch", **logs}, file=stdout)
 
-    result = train(
-        args.data_dir,
-        config,
-        out_dir=args.out,
-        cache_dir=args.cache_dir,
-        checkpoint_dir=args.checkpoint_dir,
-        callbacks=PrintEpochs(),
-    )
+    # stdout is for JSON lines: what libraries print while training (Keras's download of
+    # the ImageNet weights and its progress bar) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = train(
+            args.data_dir,
+            config,
+            out_dir=args.out,
+            cache_dir=args.cache_dir,
+            checkpoint_dir=args.checkpoint_dir,
+            callbacks=PrintEpochs(),
+        )
     metrics = result.metrics
     _print_json(
         {
@@ -208,8 +214,8 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_json(data: dict[str, Any]) -> None:
-    print(json.dumps(data, default=_default), flush=True)
+def _print_json(data: dict[str, Any], file: TextIO | None = None) -> None:
+    print(json.dumps(data, default=_default), file=file or sys.stdout, flush=True)
 
 
 def _default(value: Any) -> Any:

@@ -85,3 +85,36 @@ def test_it_evaluates_a_single_class_folder_and_refuses_an_unknown_one(
     unknown = make_image_folder(tmp_path / "yaks", classes={"yak": 2})
     assert main(["evaluate", str(tiny_version), str(unknown)]) == 2
     assert "does not know the class yak" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_it_keeps_stdout_json_while_it_downloads_the_imagenet_weights(
+    tmp_path, make_image_folder, shared_dir
+):
+    models = shared_dir / "keras_home" / "models"
+    if not models.is_dir():
+        pytest.skip(f"needs {models}")
+    data = make_image_folder(tmp_path / "ds", classes={"a": 4, "b": 4})
+    # The weights are "downloaded" from the shared folder into an empty KERAS_HOME.
+    script = (
+        "import sys, classifier.model; classifier.model.WEIGHTS_URL = sys.argv[1]; "
+        "from classifier.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
+    args = [
+        "train", str(data), "--out", str(tmp_path / "v1"), "--alpha", "0.35",
+        "--image-size", "32", "--head-units", "8", "--epochs", "1",
+        "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script, models.as_uri() + "/", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_HOME": str(tmp_path / "keras")},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "keras" / "models").is_dir()  # it did download
+    events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
+    assert events == ["epoch", "done"]
