@@ -77,13 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a version on a labelled folder")
     evaluate.add_argument("version_dir", type=Path)
     evaluate.add_argument("data_dir", type=Path)
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32)
     evaluate.set_defaults(handler=_evaluate)
 
     predict = commands.add_parser("predict", help="classify photos with a version")
     predict.add_argument("version_dir", type=Path)
     predict.add_argument("images", type=Path, nargs="+")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=_positive_int, default=5, help="labels per photo")
     predict.add_argument("--int8", action="store_true", help="use the accepted int8 model")
     predict.set_defaults(handler=_predict)
 
@@ -92,12 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     quantize.add_argument("version_dir", type=Path)
     quantize.add_argument("data_dir", type=Path, help="the folder the version was trained on")
-    quantize.add_argument("--calibration-images", type=int, default=100)
-    quantize.add_argument("--validation-images", type=int, default=300)
+    quantize.add_argument("--calibration-images", type=_positive_int, default=100)
+    quantize.add_argument("--validation-images", type=_positive_int, default=300)
     quantize.add_argument("--max-accuracy-drop", type=float, default=0.01)
     quantize.add_argument("--force", action="store_true", help="redo an existing record")
     quantize.set_defaults(handler=_quantize)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count or a size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:

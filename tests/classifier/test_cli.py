@@ -118,3 +118,27 @@ def test_it_keeps_stdout_json_while_it_downloads_the_imagenet_weights(
     assert (tmp_path / "keras" / "models").is_dir()  # it did download
     events = [json.loads(line)["event"] for line in result.stdout.splitlines()]
     assert events == ["epoch", "done"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "{version}", "{photo}", "--top-k", "0"],
+        ["predict", "{version}", "{photo}", "--top-k", "-3"],
+        ["evaluate", "{version}", "{data}", "--batch-size", "0"],
+        ["quantize", "{version}", "{data}", "--validation-images", "0"],
+    ],
+)
+def test_it_refuses_a_count_below_one_with_status_2(
+    args, tiny_version, make_image_folder, tmp_path, capsys
+):
+    from classifier.cli import main
+
+    data = make_image_folder(tmp_path / "ds", classes={"cat": 2, "dog": 2})
+    paths = {"version": tiny_version, "photo": data / "cat" / "cat_000.jpg", "data": data}
+
+    with pytest.raises(SystemExit) as exited:
+        main([arg.format(**paths) for arg in args])
+
+    assert exited.value.code == 2
+    assert f"argument {args[-2]}: {args[-1]} is less than 1" in capsys.readouterr().err
