@@ -5,7 +5,8 @@ per epoch and a final JSON summary; ``evaluate VERSION_DIR DATA_DIR`` prints the
 JSON; ``predict VERSION_DIR IMAGE... [--int8]`` prints one JSON line per image;
 ``quantize VERSION_DIR DATA_DIR`` adds a checked int8 model to the version and prints its
 record. A refused input (any ``ClassifierError``) prints its message on stderr and exits
-with status 2.
+with status 2; a file that cannot be read or written (a cache folder in the way, a full
+disk) prints the system's message and exits with status 1.
 
 TensorFlow is imported only by ``train`` and ``quantize``; ``evaluate`` and ``predict`` run
 on LiteRT.
@@ -24,6 +25,7 @@ from typing import Any, TextIO
 from classifier.config import TrainConfig
 from classifier.errors import ClassifierError
 
+EXIT_FAILED = 1
 EXIT_REFUSED = 2
 DEFAULTS = TrainConfig()
 
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ClassifierError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:

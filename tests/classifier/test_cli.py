@@ -142,3 +142,25 @@ def test_it_refuses_a_count_below_one_with_status_2(
 
     assert exited.value.code == 2
     assert f"argument {args[-2]}: {args[-1]} is less than 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_it_says_in_one_line_when_the_cache_folder_cannot_be_written(
+    tmp_path, make_image_folder, capsys
+):
+    from classifier.cli import main
+
+    data = make_image_folder(tmp_path / "ds")
+    in_the_way = tmp_path / "cache"
+    in_the_way.write_text("a file where the cache folder should be")
+
+    status = main(
+        ["train", str(data), "--out", str(tmp_path / "v1"), "--weights", "none",
+         "--image-size", "32", "--head-units", "8", "--epochs", "1",
+         "--cache-dir", str(in_the_way)]
+    )  # fmt: skip
+
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Not a directory" in err and str(in_the_way) in err
+    assert not (tmp_path / "v1").exists()
