@@ -61,8 +61,18 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated Dense sizes",
     )
     train.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
-    train.add_argument("--fine-tune-layers", type=int, default=DEFAULTS.fine_tune_layers)
-    train.add_argument("--fine-tune-epochs", type=int, default=DEFAULTS.fine_tune_epochs)
+    train.add_argument(
+        "--fine-tune-layers",
+        type=int,
+        default=DEFAULTS.fine_tune_layers,
+        help="after the frozen stage, train the trunk's top N layers too (default: 0, none)",
+    )
+    train.add_argument(
+        "--fine-tune-epochs",
+        type=int,
+        default=None,
+        help="epochs of fine-tuning (default: --epochs when --fine-tune-layers is given)",
+    )
     train.add_argument(
         "--fine-tune-learning-rate", type=float, default=DEFAULTS.fine_tune_learning_rate
     )
@@ -117,6 +127,12 @@ def _positive_int(text: str) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    fine_tune_epochs = args.fine_tune_epochs
+    if fine_tune_epochs is None:  # as manage.py train: asking for layers means fine-tuning
+        fine_tune_epochs = args.epochs if args.fine_tune_layers else DEFAULTS.fine_tune_epochs
+    elif fine_tune_epochs and not args.fine_tune_layers:
+        print("error: --fine-tune-epochs needs --fine-tune-layers.", file=sys.stderr)
+        return EXIT_REFUSED
     try:
         config = TrainConfig(
             image_size=args.image_size,
@@ -129,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
             dropout=args.dropout,
             build=args.build,
             fine_tune_layers=args.fine_tune_layers,
-            fine_tune_epochs=args.fine_tune_epochs,
+            fine_tune_epochs=fine_tune_epochs,
             fine_tune_learning_rate=args.fine_tune_learning_rate,
             validation_split=args.validation_split,
             seed=args.seed,

@@ -164,3 +164,38 @@ def test_it_says_in_one_line_when_the_cache_folder_cannot_be_written(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Not a directory" in err and str(in_the_way) in err
     assert not (tmp_path / "v1").exists()
+
+
+@pytest.mark.slow
+def test_it_fine_tunes_when_only_the_layers_are_given(tmp_path, make_image_folder, capsys):
+    from classifier.cli import main
+
+    data = make_image_folder(tmp_path / "ds")
+
+    status = main(
+        ["train", str(data), "--out", str(tmp_path / "v1"), "--weights", "none",
+         "--image-size", "32", "--head-units", "8", "--epochs", "1",
+         "--fine-tune-layers", "2", "--cache-dir", str(tmp_path / "cache")]
+    )  # fmt: skip
+
+    assert status == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["epoch"], line["phase"]) for line in lines[:-1]] == [
+        (1, "training"),
+        (2, "fine-tuning"),
+    ]
+
+
+def test_it_refuses_fine_tuning_epochs_without_layers(tmp_path, make_image_folder, capsys):
+    from classifier.cli import main
+
+    data = make_image_folder(tmp_path / "ds")
+
+    status = main(
+        ["train", str(data), "--out", str(tmp_path / "v1"), "--weights", "none",
+         "--fine-tune-epochs", "3"]
+    )  # fmt: skip
+
+    assert status == 2
+    assert "--fine-tune-epochs needs --fine-tune-layers" in capsys.readouterr().err
+    assert not (tmp_path / "v1").exists()
