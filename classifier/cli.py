@@ -6,7 +6,7 @@ JSON; ``predict VERSION_DIR IMAGE... [--int8]`` prints one JSON line per image;
 ``quantize VERSION_DIR DATA_DIR`` adds a checked int8 model to the version and prints its
 record. A refused input (any ``ClassifierError``) prints its message on stderr and exits
 with status 2; a file that cannot be read or written (a cache folder in the way, a full
-disk) prints the system's message and exits with status 1.
+disk) prints the system's message and exits with status 1; Ctrl-C exits with status 130.
 
 TensorFlow is imported only by ``train`` and ``quantize``; ``evaluate`` and ``predict`` run
 on LiteRT.
@@ -27,6 +27,7 @@ from classifier.errors import ClassifierError
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 DEFAULTS = TrainConfig()
 
 
@@ -41,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"error: interrupted.{_resume_hint(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    if args.command != "train":
+        return ""
+    if args.checkpoint_dir is None:
+        return " Give train a --checkpoint-dir to be able to resume a run."
+    return " Run the same command again to resume after the last finished epoch."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,7 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--validation-split", type=float, default=DEFAULTS.validation_split)
     train.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
     train.add_argument("--cache-dir", type=Path, default=None)
-    train.add_argument("--checkpoint-dir", type=Path, default=None)
+    train.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="save every epoch here; the same command run again resumes after the last one",
+    )
     train.add_argument("--seed", type=int, default=DEFAULTS.seed)
     train.set_defaults(handler=_train)
 

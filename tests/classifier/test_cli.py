@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -198,4 +199,32 @@ def test_it_refuses_fine_tuning_epochs_without_layers(tmp_path, make_image_folde
 
     assert status == 2
     assert "--fine-tune-epochs needs --fine-tune-layers" in capsys.readouterr().err
+    assert not (tmp_path / "v1").exists()
+
+
+@pytest.mark.slow
+def test_it_stops_on_ctrl_c_with_status_130_and_says_how_to_resume(tmp_path, make_image_folder):
+    data = make_image_folder(tmp_path / "ds", classes={"a": 4, "b": 4})
+    args = [
+        "train", str(data), "--out", str(tmp_path / "v1"), "--weights", "none",
+        "--image-size", "32", "--head-units", "8", "--batch-size", "2", "--no-cache",
+        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--cache-dir", str(tmp_path / "c"),
+    ]  # fmt: skip
+    running = subprocess.Popen(
+        [sys.executable, "-m", "classifier", *args, "--epochs", "1000"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert running.stdout is not None
+    first = json.loads(running.stdout.readline())  # an epoch is checkpointed: stop now
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=120)
+
+    assert first["epoch"] == 1
+    assert running.returncode == 130
+    assert "Traceback" not in err
+    assert "error: interrupted. Run the same command again to resume" in err
     assert not (tmp_path / "v1").exists()
