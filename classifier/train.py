@@ -156,6 +156,7 @@ def train(
         WeightsUnavailableError: the configured weights cannot be loaded.
         TrainingCancelled: ``callbacks.should_stop()`` returned True.
         FileExistsError: ``out_dir`` already exists (checked before any work).
+        OSError: ``out_dir``'s parent folder cannot be made (checked before any work).
     """
     return _Run(Path(data_dir), config, out_dir, cache_dir, checkpoint_dir, callbacks, files).run()
 
@@ -215,8 +216,8 @@ class _Run:
     def _run(self, builder: ThreadPoolExecutor) -> TrainResult:
         started = time.perf_counter()
         config = self.config
-        if self.out_dir is not None and self.out_dir.exists():
-            raise FileExistsError(f"The version directory {self.out_dir} already exists.")
+        if self.out_dir is not None:
+            self._check_out_dir(self.out_dir)
         keras.utils.set_random_seed(config.seed)
         self._check_stop()
         self.callbacks.on_phase("scanning", {"data_dir": str(self.data_dir)})
@@ -302,6 +303,20 @@ class _Run:
             resumed_from_epoch=resumed_from,
             stats=self.stats,
         )
+
+    @staticmethod
+    def _check_out_dir(out_dir: Path) -> None:
+        """Refuse an ``out_dir`` that exists or cannot be made, before any work is done."""
+        if out_dir.exists():
+            raise FileExistsError(f"The version directory {out_dir} already exists.")
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"The version directory {out_dir} cannot be made in {out_dir.parent}: "
+                f"{exc.strerror}",
+            ) from None
 
     def _scan(self) -> DatasetScan:
         scan = scan_dataset(

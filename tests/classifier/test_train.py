@@ -232,3 +232,20 @@ def test_an_optimizer_state_saved_after_some_steps_comes_back_in_a_new_model() -
         np.testing.assert_array_equal(restored, expected)
     assert np.abs(saved[1]).max() > 0  # the moments really were non-zero
     assert not restore_optimizer_state(compiled(units=5), saved)
+
+
+def test_it_refuses_an_out_dir_that_cannot_be_made_before_training(tmp_path, dataset):
+    in_the_way = tmp_path / "versions"
+    in_the_way.write_text("a file where the versions folder should be")
+    recorder = Recorder()
+
+    with pytest.raises(OSError, match="cannot be made in"):
+        train(
+            dataset,
+            _config(),
+            out_dir=in_the_way / "v1",
+            cache_dir=tmp_path / "cache",
+            callbacks=recorder,
+        )
+
+    assert recorder.phases == [] and recorder.epochs == []
