@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +34,7 @@ import keras
 import numpy as np
 
 from classifier.config import TrainConfig
-from classifier.files import atomic_write, locked
+from classifier.files import atomic_file, atomic_write, locked
 from classifier.model import BACKBONE, weights_identity
 from classifier.pipeline import Batch, iter_batches
 
@@ -270,7 +269,7 @@ def _write_shard(
     if not hashes and not bad:
         return
     name = hashlib.sha256("".join([*hashes, *bad]).encode()).hexdigest()[:16]
-    with tempfile.NamedTemporaryFile(dir=folder, suffix=".tmp", delete=False) as handle:
+    with atomic_file(folder / f"shard-{name}.npz") as handle:
         np.savez(
             handle,
             hashes=np.array(hashes, dtype=str),
@@ -278,6 +277,3 @@ def _write_shard(
             bad_hashes=np.array(list(bad), dtype=str),
             bad_reasons=np.array(list(bad.values()), dtype=str),
         )
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, folder / f"shard-{name}.npz")

@@ -9,26 +9,43 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write(path: Path, content: bytes, *, mode: int | None = None) -> None:
     """Write ``content`` to ``path`` so that readers see the old file or the new one, whole.
 
-    The bytes go to a temporary file beside ``path`` (same filesystem), are flushed to
-    disk, and the file is renamed over ``path``; the folder is synced so the rename
-    survives a crash. ``mode`` sets the new file's permissions (a temporary file is
+    See :func:`atomic_file`. ``mode`` sets the new file's permissions (a temporary file is
     created 0600).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    ) as handle:
+    with atomic_file(path, mode=mode) as handle:
         handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if mode is not None:
-        os.chmod(handle.name, mode)
-    os.replace(handle.name, path)
+
+
+@contextmanager
+def atomic_file(path: Path, *, mode: int | None = None) -> Iterator[BinaryIO]:
+    """Give a binary file to write; when the block ends it replaces ``path`` in one rename.
+
+    The bytes go to a temporary file beside ``path`` (same filesystem), are flushed to
+    disk, and the file is renamed over ``path``; the folder is synced so the rename
+    survives a crash. When the block or the write fails (a full disk), the temporary file
+    is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed by the with block below
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(handle.name, mode)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)

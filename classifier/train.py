@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +51,7 @@ from classifier.data import (
 )
 from classifier.errors import DatasetError, TrainingCancelled
 from classifier.features import extract_features
+from classifier.files import atomic_file, atomic_write
 from classifier.model import (
     build_head,
     build_model,
@@ -847,19 +847,12 @@ def _number(value: Any) -> float | None:
 
 
 def _atomic_npz(path: Path, arrays: list[np.ndarray]) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+    with atomic_file(path) as handle:
         np.savez(handle, *arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
 
 
 def _atomic_bytes(path: Path, content: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        handle.write(content)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(handle.name, path)
+    atomic_write(path, content)
 
 
 def _load_npz(path: Path) -> list[np.ndarray]:

@@ -214,3 +214,28 @@ def odd_images() -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def bad_images() -> dict[str, bytes]:
     return bad_image_files()
+
+
+@pytest.fixture
+def full_disk() -> Callable[[int], object]:
+    """``with full_disk(nbytes):`` writes past ``nbytes`` in one file fail, as on a full disk.
+
+    Uses the process's file-size limit (``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored so a
+    write fails with ``OSError`` instead of killing the process); restored on exit.
+    """
+    import contextlib
+    import resource
+    import signal
+
+    @contextlib.contextmanager
+    def limit(nbytes: int):
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    return limit

@@ -138,3 +138,16 @@ def test_the_parallel_trunk_gives_each_photo_its_own_row_in_order(photos: int) -
 
     assert parallel.shape == whole.shape == (photos, 3)
     np.testing.assert_allclose(parallel, whole, atol=1e-5)
+
+
+def test_a_full_disk_leaves_no_partial_shard_in_the_cache(
+    tmp_path, make_image_folder, no_litert, full_disk
+):
+    root = make_image_folder(tmp_path / "ds")
+    config = _config()
+
+    with full_disk(1 << 13), pytest.raises(OSError):
+        _extract(root, tmp_path / "cache", config)
+
+    folder = tmp_path / "cache" / "features" / cache_key(config)
+    assert [p.name for p in folder.iterdir()] == [".lock"]
