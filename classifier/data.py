@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from classifier.errors import DatasetError, InvalidImageError
+from classifier.files import atomic_write
 from classifier.images import SUPPORTED_SUFFIXES, open_image
 
 Item = tuple[str, int]
@@ -286,12 +286,7 @@ class _HashCache:
             return
         document = {"format": self.FORMAT, "written_ns": time.time_ns(), "entries": self.fresh}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                "w", dir=self.path.parent, suffix=".tmp", delete=False
-            ) as handle:
-                json.dump(document, handle, separators=(",", ":"))
-            os.replace(handle.name, self.path)
+            atomic_write(self.path, json.dumps(document, separators=(",", ":")).encode())
         except OSError as exc:
             log.warning("Could not write the scan hash cache %s: %s", self.path, exc)
 

@@ -222,3 +222,16 @@ def test_a_damaged_or_unwritable_hash_cache_only_costs_speed(tmp_path, make_imag
 
     assert scan_dataset(root, hash_cache=damaged).fingerprint == expected
     assert scan_dataset(root, hash_cache=blocked).fingerprint == expected
+
+
+def test_a_hash_cache_that_cannot_be_written_costs_only_the_speed_up(
+    tmp_path, make_image_folder, full_disk
+):
+    root = make_image_folder(tmp_path / "ds")
+    cache = tmp_path / "scans" / "ds.json"
+
+    with full_disk(512):
+        scan = scan_dataset(root, hash_cache=cache)
+
+    assert len(scan.items) == 12
+    assert list(cache.parent.iterdir()) == []  # no partial file left behind
