@@ -69,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--build", choices=("functional", "sequential"), default=DEFAULTS.build)
     train.add_argument(
         "--head-units",
-        default=",".join(map(str, DEFAULTS.head_units)),
-        help="comma-separated Dense sizes",
+        type=_units,
+        default=DEFAULTS.head_units,
+        help=f"comma-separated Dense sizes (default: {','.join(map(str, DEFAULTS.head_units))})",
     )
     train.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
     train.add_argument(
@@ -143,6 +144,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _units(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated whole numbers (none for a head without hidden layers)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of whole numbers, e.g. 1024,512"
+        ) from None
+
+
 def _train(args: argparse.Namespace) -> int:
     fine_tune_epochs = args.fine_tune_epochs
     if fine_tune_epochs is None:  # as manage.py train: asking for layers means fine-tuning
@@ -158,7 +169,7 @@ def _train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             epochs=args.epochs,
             learning_rate=args.learning_rate,
-            head_units=tuple(int(u) for u in args.head_units.split(",") if u.strip()),
+            head_units=args.head_units,
             dropout=args.dropout,
             build=args.build,
             fine_tune_layers=args.fine_tune_layers,

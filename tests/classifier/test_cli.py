@@ -228,3 +228,15 @@ def test_it_stops_on_ctrl_c_with_status_130_and_says_how_to_resume(tmp_path, mak
     assert "Traceback" not in err
     assert "error: interrupted. Run the same command again to resume" in err
     assert not (tmp_path / "v1").exists()
+
+
+def test_it_names_the_option_when_head_units_are_not_numbers(tmp_path, capsys):
+    from classifier.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["train", str(tmp_path), "--out", str(tmp_path / "v"), "--head-units", "512,big"])
+
+    assert exited.value.code == 2
+    assert "argument --head-units: '512,big' is not a comma-separated list" in (
+        capsys.readouterr().err
+    )
