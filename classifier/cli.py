@@ -97,7 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     train.add_argument("--validation-split", type=float, default=DEFAULTS.validation_split)
     train.add_argument("--no-cache", action="store_true", help="do not use the feature cache")
-    train.add_argument("--cache-dir", type=Path, default=None)
+    train.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="the feature cache (default: $GRAFT_CACHE_DIR, else ~/.cache/graft)",
+    )
     train.add_argument(
         "--checkpoint-dir",
         type=Path,
