@@ -329,4 +329,9 @@ def _check_counts(scan: DatasetScan, min_images_per_class: int) -> None:
             f"Every class needs at least {min_images_per_class} readable images; too few in: "
             f"{listed}."
             + (f" {len(scan.rejected)} file(s) could not be read." if scan.rejected else "")
+            + (
+                f" Photos are files ending in {', '.join(sorted(SUPPORTED_SUFFIXES))}."
+                if 0 in short.values()
+                else ""
+            )
         )

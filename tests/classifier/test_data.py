@@ -235,3 +235,18 @@ def test_a_hash_cache_that_cannot_be_written_costs_only_the_speed_up(
 
     assert len(scan.items) == 12
     assert list(cache.parent.iterdir()) == []  # no partial file left behind
+
+
+def test_it_says_which_files_count_when_a_class_has_no_photos(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds")
+    phone = root / "phone"
+    phone.mkdir()
+    for name in ("IMG_0001.HEIC", "IMG_0002.HEIC", "IMG_0003"):
+        (phone / name).write_bytes(b"not a format Graft reads")
+
+    with pytest.raises(DatasetError) as refused:
+        scan_dataset(root)
+
+    message = str(refused.value)
+    assert "too few in: phone (0)" in message
+    assert "Photos are files ending in .bmp, .gif, .jpeg, .jpg, .png, .webp." in message
