@@ -132,9 +132,22 @@ def scan_dataset(
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"The dataset folder {root} does not exist or is not a folder.")
+    if not _is_utf8(str(root.resolve())):
+        raise DatasetError(
+            f"The path of the dataset folder {_shown(str(root.resolve()))} is not valid UTF-8; "
+            "rename the folder whose name shows \ufffd."
+        )
     class_names = sorted(
         entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")
     )
+    misnamed_classes = [_shown(name) for name in class_names if not _is_utf8(name)]
+    if misnamed_classes:
+        raise DatasetError(
+            f"The class folder name{'s' if len(misnamed_classes) > 1 else ''} "
+            f"{', '.join(misnamed_classes)} in {_shown(str(root))} "
+            f"{'are' if len(misnamed_classes) > 1 else 'is'} not valid UTF-8; rename "
+            f"{'them' if len(misnamed_classes) > 1 else 'it'}."
+        )
     if len(class_names) < min_classes:
         raise DatasetError(
             f"The dataset needs at least {min_classes} class folder"
@@ -143,6 +156,9 @@ def scan_dataset(
             + " Put each class's photos in its own sub-folder."
         )
     candidates: list[Item] = []
+    # A name that is not UTF-8 (Latin-1 bytes from an old zip or share) cannot be hashed,
+    # stored or handed to TensorFlow: the file is listed as rejected, under a readable name.
+    misnamed: list[tuple[str, str]] = []
     for index, name in enumerate(class_names):
         for dirpath, dirnames, filenames in os.walk(root / name):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -150,7 +166,13 @@ def scan_dataset(
                 path = Path(dirpath) / filename
                 if filename.startswith(".") or path.suffix.lower() not in SUPPORTED_SUFFIXES:
                     continue
-                candidates.append((path.relative_to(root).as_posix(), index))
+                relpath = path.relative_to(root).as_posix()
+                if _is_utf8(relpath):
+                    candidates.append((relpath, index))
+                else:
+                    misnamed.append(
+                        (_shown(relpath), "The file name is not valid UTF-8; rename it.")
+                    )
     candidates.sort()
 
     cache = _HashCache(Path(hash_cache)) if hash_cache is not None else None
@@ -162,7 +184,7 @@ def scan_dataset(
         cache.save()
 
     items: list[Item] = []
-    rejected: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str]] = list(misnamed)
     files: dict[str, tuple[int, str]] = {}
     for (relpath, label), (size, digest, problem) in zip(candidates, results, strict=True):
         if problem is not None:
@@ -170,6 +192,7 @@ def scan_dataset(
             continue
         items.append((relpath, label))
         files[relpath] = (size, digest)
+    rejected.sort()
     scan = DatasetScan(
         root=root,
         class_names=class_names,
@@ -233,7 +256,7 @@ def verify_images(root: str | Path, relpaths: list[str]) -> list[tuple[str, str]
 
 def hash_cache_path(cache_dir: str | Path, root: str | Path) -> Path:
     """Where the scan hash cache of dataset folder ``root`` lives under ``cache_dir``."""
-    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:24]
+    key = hashlib.sha256(os.fsencode(Path(root).resolve())).hexdigest()[:24]
     return Path(cache_dir) / "scans" / f"{key}.json"
 
 
@@ -289,6 +312,20 @@ class _HashCache:
             atomic_write(self.path, json.dumps(document, separators=(",", ":")).encode())
         except OSError as exc:
             log.warning("Could not write the scan hash cache %s: %s", self.path, exc)
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name read from disk with bytes that are not UTF-8 (surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """``name`` with its undecodable bytes as U+FFFD, safe to print, store and compare."""
+    return os.fsencode(name).decode("utf-8", "replace")
 
 
 def _unit_hash(relpath: str, seed: int) -> float:

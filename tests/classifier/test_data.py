@@ -250,3 +250,30 @@ def test_it_says_which_files_count_when_a_class_has_no_photos(tmp_path, make_ima
     message = str(refused.value)
     assert "too few in: phone (0)" in message
     assert "Photos are files ending in .bmp, .gif, .jpeg, .jpg, .png, .webp." in message
+
+
+def test_it_rejects_a_file_whose_name_is_not_utf8_and_scans_the_rest(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds")
+    latin1 = root / "a" / "caf\udce9.jpg"  # b"caf\xe9.jpg": "café" written by a Latin-1 system
+    shutil.copy(root / "a" / "a_000.jpg", latin1)
+
+    scan = scan_dataset(root)
+
+    assert len(scan.items) == 12 and all(path.isascii() for path, _ in scan.items)
+    assert scan.rejected == [("a/caf\ufffd.jpg", "The file name is not valid UTF-8; rename it.")]
+    assert len(scan.fingerprint) == 64
+
+
+def test_it_refuses_a_class_folder_whose_name_is_not_utf8_by_name(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "ds")
+    (root / "a").rename(root / "caf\udce9")
+
+    with pytest.raises(DatasetError, match="The class folder name caf\ufffd in .* is not valid"):
+        scan_dataset(root)
+
+
+def test_it_refuses_a_dataset_folder_whose_path_is_not_utf8(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "fotos-\udce9t\udce9")
+
+    with pytest.raises(DatasetError, match="fotos-\ufffdt\ufffd is not valid UTF-8"):
+        scan_dataset(root)

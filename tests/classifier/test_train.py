@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -249,3 +250,19 @@ def test_it_refuses_an_out_dir_that_cannot_be_made_before_training(tmp_path, dat
         )
 
     assert recorder.phases == [] and recorder.epochs == []
+
+
+def test_it_trains_beside_a_photo_whose_name_is_not_utf8(tmp_path, dataset, no_litert):
+    shutil.copy(dataset / "a" / "a_000.jpg", dataset / "a" / "caf\udce9.jpg")
+
+    result = train(dataset, _config(epochs=1), cache_dir=tmp_path / "cache")
+
+    assert [path for path, _ in result.rejected] == ["a/caf\ufffd.jpg"]
+    assert len(result.train_files) + len(result.val_files) == 30
+
+
+def test_it_refuses_a_dataset_folder_whose_path_is_not_utf8(tmp_path, make_image_folder):
+    root = make_image_folder(tmp_path / "fotos-\udce9t\udce9")
+
+    with pytest.raises(DatasetError, match="is not valid UTF-8"):
+        train(root, _config(epochs=1), cache_dir=tmp_path / "cache")
