@@ -144,7 +144,7 @@ def evaluate_version(
     paths: list[str] = []
     y_true: list[int] = []
     probs: list[np.ndarray] = []
-    rejected: list[dict[str, str]] = []
+    rejected = [{"path": path, "reason": reason} for path, reason in scan.rejected]
     workers = max(1, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(scan.items), batch_size):

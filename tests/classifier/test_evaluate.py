@@ -180,3 +180,19 @@ def test_evaluate_version_refuses_an_empty_class_folder_or_a_folder_without_clas
     (tmp_path / "bare").mkdir()
     with pytest.raises(DatasetError, match="at least 1 class folder;"):
         evaluate_version(tiny_version, tmp_path / "bare")
+
+
+def test_evaluate_version_lists_files_it_could_not_even_open(
+    tiny_version: Path, make_image_folder, tmp_path: Path
+) -> None:
+    root = make_image_folder(tmp_path / "photos", classes={"cat": 2, "dog": 2})
+    (root / "dog" / "moved.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    shutil.copy(root / "cat" / "cat_000.jpg", root / "cat" / "caf\udce9.jpg")  # Latin-1 name
+
+    result = evaluate_version(tiny_version, root)
+
+    assert result["num_examples"] == 4
+    assert [(r["path"], r["reason"][:33]) for r in result["rejected"]] == [
+        ("cat/caf\ufffd.jpg", "The file name is not valid UTF-8;"),
+        ("dog/moved.jpg", "The file could not be read: No su"),
+    ]
