@@ -223,7 +223,6 @@ class _Run:
         self.callbacks.on_phase("scanning", {"data_dir": str(self.data_dir)})
         with self._timed("scan"):
             scan = self._scan()
-            train_items, val_items = split_dataset(scan, config.validation_split, config.seed)
         use_cache = self.use_cache = config.use_feature_cache and not config.augment
         if use_cache:
             # The head trains on features, not on this model: building MobileNetV2 and loading
@@ -239,16 +238,15 @@ class _Run:
 
         with self._timed("extract" if use_cache else "verify"):
             if use_cache:
-                scan = self._extract(scan, train_items + val_items)
+                scan = self._extract(scan, scan.items)
             else:
-                paths = [path for path, _ in train_items + val_items]
                 scan = scan.without(
-                    verify_images(self.data_dir, paths),
+                    verify_images(self.data_dir, [path for path, _ in scan.items]),
                     min_images_per_class=config.min_images_per_class,
                 )
-        kept = {path for path, _ in scan.items}
-        self.train_items = [item for item in train_items if item[0] in kept]
-        self.val_items = [item for item in val_items if item[0] in kept]
+        # Split the readable photos only, so every class keeps a validation photo even when
+        # the ones its hashes chose turn out to be unreadable.
+        self.train_items, self.val_items = split_dataset(scan, config.validation_split, config.seed)
         self.scan = scan
 
         state = self._resume()

@@ -266,3 +266,21 @@ def test_it_refuses_a_dataset_folder_whose_path_is_not_utf8(tmp_path, make_image
 
     with pytest.raises(DatasetError, match="is not valid UTF-8"):
         train(root, _config(epochs=1), cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("use_feature_cache", [True, False])
+def test_it_validates_on_readable_photos_when_the_split_chose_broken_ones(
+    tmp_path, dataset, no_litert, use_feature_cache
+):
+    from classifier.data import scan_dataset, split_dataset
+
+    config = _config(epochs=1, use_feature_cache=use_feature_cache)
+    _, chosen = split_dataset(scan_dataset(dataset), config.validation_split, config.seed)
+    for relpath, _ in chosen:
+        (dataset / relpath).write_bytes(b"broken")
+
+    result = train(dataset, config, cache_dir=tmp_path / "cache")
+
+    assert sorted(path for path, _ in result.rejected) == sorted(path for path, _ in chosen)
+    assert {label for _, label in result.val_files} == {0, 1, 2}
+    assert result.metrics["num_examples"] == len(result.val_files)
