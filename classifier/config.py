@@ -26,6 +26,7 @@ WHOLE_NUMBERS = (
 )
 NUMBERS = ("alpha", "learning_rate", "dropout", "fine_tune_learning_rate", "validation_split")
 SWITCHES = ("augment", "use_feature_cache")
+MAX_SEED = 2**32  # keras.utils.set_random_seed seeds NumPy, which takes 0 to 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class TrainConfig:
             out.append("min_images_per_class must be at least 1")
         if self.seed < 0:
             out.append("seed must not be negative")
+        elif self.seed >= MAX_SEED:
+            out.append(f"seed must be less than {MAX_SEED}")
         return out
 
     def _type_problems(self) -> list[str]:
