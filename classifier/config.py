@@ -26,6 +26,8 @@ WHOLE_NUMBERS = (
 )
 NUMBERS = ("alpha", "learning_rate", "dropout", "fine_tune_learning_rate", "validation_split")
 SWITCHES = ("augment", "use_feature_cache")
+# As the job form allows: Dense(50_000_000) after 1280 features would need 256 GB.
+MAX_HEAD_UNITS = 8192
 MAX_SEED = 2**32  # keras.utils.set_random_seed seeds NumPy, which takes 0 to 2**32 - 1
 
 
@@ -86,8 +88,8 @@ class TrainConfig:
             out.append("learning_rate must be between 0 and 1")
         if not 0 < self.fine_tune_learning_rate < 1:
             out.append("fine_tune_learning_rate must be between 0 and 1")
-        if any(u < 1 for u in self.head_units):
-            out.append("head_units must be positive")
+        if any(not 1 <= u <= MAX_HEAD_UNITS for u in self.head_units):
+            out.append(f"head_units must be between 1 and {MAX_HEAD_UNITS}")
         if not 0 <= self.dropout < 1:
             out.append("dropout must be in [0, 1)")
         if self.build not in BUILD_STYLES:

@@ -19,3 +19,13 @@ def test_it_takes_the_largest_seed_numpy_can():
 
     config = TrainConfig(seed=2**32 - 1)
     keras.utils.set_random_seed(config.seed)  # what train() does first
+
+
+@pytest.mark.parametrize("units", [(0,), (512, 8193), (50_000_000,)])
+def test_it_refuses_head_units_the_job_form_would_refuse(units):
+    with pytest.raises(ValueError, match="head_units must be between 1 and 8192"):
+        TrainConfig(head_units=units)
+
+
+def test_it_takes_head_units_up_to_8192():
+    assert TrainConfig(head_units=(8192, 1)).head_units == (8192, 1)
