@@ -96,6 +96,8 @@ class TrainConfig:
             out.append(f"build must be one of {', '.join(BUILD_STYLES)}")
         if self.fine_tune_layers < 0 or self.fine_tune_epochs < 0:
             out.append("fine_tune_layers and fine_tune_epochs must not be negative")
+        elif self.fine_tune_epochs > 1000:
+            out.append("fine_tune_epochs must be at most 1000")
         if not 0 < self.validation_split < 0.9:
             out.append("validation_split must be between 0 and 0.9")
         if self.early_stopping_patience < 0:

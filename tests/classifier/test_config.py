@@ -29,3 +29,9 @@ def test_it_refuses_head_units_the_job_form_would_refuse(units):
 
 def test_it_takes_head_units_up_to_8192():
     assert TrainConfig(head_units=(8192, 1)).head_units == (8192, 1)
+
+
+def test_it_refuses_fine_tuning_epochs_the_job_form_would_refuse():
+    with pytest.raises(ValueError, match="fine_tune_epochs must be at most 1000"):
+        TrainConfig(fine_tune_layers=10, fine_tune_epochs=1001)
+    assert TrainConfig(fine_tune_layers=10, fine_tune_epochs=1000).fine_tune_epochs == 1000
