@@ -21,6 +21,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # A 20000x20000 RGB photo is 1.2 GB decoded; refuse anything above ~90 megapixels.
 MAX_IMAGE_PIXELS = 90_000_000
+# No supported file of that many pixels needs more than 4 bytes a pixel (an uncompressed
+# 32-bit BMP): a larger file is refused before it is read into memory.
+MAX_IMAGE_BYTES = 4 * MAX_IMAGE_PIXELS + 2**20
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF", "MPO"})
@@ -170,11 +173,20 @@ def _bilinear_table(n_in: int, n_out: int, channels: int) -> tuple[np.ndarray, .
 
 
 def _read_bytes(source: bytes | str | Path | BinaryIO) -> bytes:
+    from classifier.errors import InvalidImageError
+
     if isinstance(source, bytes | bytearray | memoryview):
-        return bytes(source)
-    if isinstance(source, str | Path):
-        return Path(source).read_bytes()
-    return source.read()
+        data = bytes(source)
+    elif isinstance(source, str | Path):
+        with open(source, "rb") as handle:
+            data = handle.read(MAX_IMAGE_BYTES + 1)
+    else:
+        data = source.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidImageError(
+            f"The file is too large for a photo (over {MAX_IMAGE_BYTES // 2**20} MB)."
+        )
+    return data
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

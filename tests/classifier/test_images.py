@@ -116,3 +116,21 @@ def test_it_refuses_an_unknown_resize_method() -> None:
 
     with pytest.raises(ValueError, match="Unknown resize method 'nearest'"):
         load_image(buffer.getvalue(), 32, resize="nearest")
+
+
+def test_it_refuses_a_file_too_large_for_a_photo_before_reading_it(tmp_path: Path) -> None:
+    from classifier.images import MAX_IMAGE_BYTES
+
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:  # sparse: no disk space, no memory
+        handle.truncate(MAX_IMAGE_BYTES + 1)
+
+    with pytest.raises(InvalidImageError, match="too large for a photo"):
+        open_image(huge)
+
+
+def test_it_refuses_a_stream_too_large_for_a_photo(monkeypatch) -> None:
+    monkeypatch.setattr("classifier.images.MAX_IMAGE_BYTES", 1000)
+
+    with pytest.raises(InvalidImageError, match="too large for a photo"):
+        open_image(io.BytesIO(b"\xff" * 1001))
