@@ -157,7 +157,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    """Versions come from training jobs; deleting one goes through
+    """Versions come from training jobs, so none is added here; deleting one goes through
     ``services.model_version_delete`` (never the active one; audited; its files go too)."""
 
     list_display = ["__str__", "project", "number", "is_active", "val_accuracy", "created_at"]
@@ -215,6 +215,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
             messages.SUCCESS,
         )
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
     def has_activate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("webapp.manage_versions")
 
@@ -246,6 +249,8 @@ class ActivationEventAdmin(admin.ModelAdmin):
 
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
+    """Predictions come from classified photos, so none is added here."""
+
     list_display = ["created_at", "project", "version_number", "label", "confidence", "source"]
     list_filter = ["source", "project"]
     search_fields = ["label", "corrected_label", "image_sha256", "filename"]
@@ -264,6 +269,9 @@ class PredictionAdmin(admin.ModelAdmin):
         "user",
         "created_at",
     ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(BatchClassification)

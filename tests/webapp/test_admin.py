@@ -359,3 +359,13 @@ def test_it_keeps_a_projects_slug_once_set(admin_client, rows):
     project.refresh_from_db()
     assert project.slug != "renamed"
     assert admin_client.get(reverse("admin:webapp_project_add")).status_code == 200
+
+
+@pytest.mark.parametrize("model", ["modelversion", "prediction"])
+def test_it_offers_no_add_page_for_rows_only_the_app_creates(admin_client, rows, model):
+    """A version comes from a training job and a prediction from a classified photo; the
+    add form made every field but notes read-only, so its Save was a 500 (IntegrityError)."""
+    changelist = admin_client.get(reverse(f"admin:webapp_{model}_changelist"))
+    assert reverse(f"admin:webapp_{model}_add") not in changelist.content.decode()
+    response = admin_client.post(reverse(f"admin:webapp_{model}_add"), {"notes": ""})
+    assert response.status_code == 403
