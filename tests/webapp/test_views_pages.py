@@ -5,7 +5,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
-from webapp.models import Project
+from webapp.models import BatchClassification, Project
 
 NAV = [
     "dashboard",
@@ -106,3 +106,81 @@ def test_it_forbids_project_creation_without_the_train_permission(viewer_client)
 
 def test_it_returns_404_for_an_unknown_project(viewer_client):
     assert viewer_client.get(reverse("project_detail", args=["nope"])).status_code == 404
+
+
+def _many_jobs(count: int) -> list:
+    project = make_project("Flowers")
+    dataset = make_dataset(project)
+    return [make_job(project, dataset) for _ in range(count)]  # newest last
+
+
+def test_it_pages_the_job_list_instead_of_dropping_old_jobs(viewer_client):
+    """The list showed the newest 200 jobs and nothing said that older ones existed."""
+    jobs = _many_jobs(51)
+    first = viewer_client.get(reverse("job_list"))
+    assert f'href="/jobs/{jobs[-1].pk}/"'.encode() in first.content
+    assert f'href="/jobs/{jobs[0].pk}/"'.encode() not in first.content
+    assert b"Page 1 of 2" in first.content
+    assert b'href="?page=2"' in first.content
+    second = viewer_client.get(reverse("job_list"), {"page": 2})
+    assert f'href="/jobs/{jobs[0].pk}/"'.encode() in second.content
+    assert f'href="/jobs/{jobs[-1].pk}/"'.encode() not in second.content
+    assert b'href="?page=1"' in second.content
+
+
+def test_it_shows_no_pager_when_one_page_holds_everything(viewer_client):
+    _many_jobs(3)
+    assert b"Page 1 of" not in viewer_client.get(reverse("job_list")).content
+
+
+def test_it_answers_an_out_of_range_page_with_the_last_one(viewer_client):
+    jobs = _many_jobs(51)
+    response = viewer_client.get(reverse("job_list"), {"page": "99"})
+    assert response.status_code == 200
+    assert f'href="/jobs/{jobs[0].pk}/"'.encode() in response.content
+
+
+def test_it_lists_one_projects_jobs_and_keeps_the_filter_across_pages(viewer_client):
+    jobs = _many_jobs(51)
+    other = make_project("Birds")
+    stranger = make_job(other, make_dataset(other))
+    response = viewer_client.get(reverse("job_list"), {"project": "flowers"})
+    assert b"Training jobs of Flowers" in response.content
+    assert f'href="/jobs/{stranger.pk}/"'.encode() not in response.content
+    assert b'href="?project=flowers&amp;page=2"' in response.content
+    second = viewer_client.get(reverse("job_list"), {"project": "flowers", "page": 2})
+    assert f'href="/jobs/{jobs[0].pk}/"'.encode() in second.content
+
+
+def test_it_answers_404_for_the_jobs_of_an_unknown_project(viewer_client):
+    assert viewer_client.get(reverse("job_list"), {"project": "nope"}).status_code == 404
+
+
+def test_it_links_a_busy_project_page_to_all_its_jobs(viewer_client):
+    """The project page shows its 20 latest jobs; older ones were out of reach."""
+    _many_jobs(21)
+    response = viewer_client.get(reverse("project_detail", args=["flowers"]))
+    assert b'href="/jobs/?project=flowers"' in response.content
+    assert b"All 21 jobs" in response.content
+
+
+def test_it_pages_the_version_dataset_and_batch_lists(viewer_client):
+    project = make_project("Flowers")
+    for number in range(1, 52):
+        make_version(project, number)
+    for index in range(51):
+        make_dataset(project, f"photos-{index}")
+    for _ in range(51):
+        BatchClassification.objects.create(project=project, version_number=1, total=1)
+    pages = [
+        reverse("version_list"),
+        reverse("dataset_list"),
+        reverse("batch_list"),
+        reverse("project_batch_list", args=["flowers"]),
+    ]
+    for url in pages:
+        response = viewer_client.get(url)
+        assert b"Page 1 of 2" in response.content, url
+        assert len(response.context["page"]) == 50, url
+    oldest = viewer_client.get(reverse("version_list"), {"page": 2})
+    assert b'href="/projects/flowers/models/1/"' in oldest.content

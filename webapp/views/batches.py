@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from webapp import selectors, services
 from webapp.models import BatchClassification, Project
+from webapp.views.pages import page_of
 
 
 def _batch(pk: int) -> BatchClassification:
@@ -40,12 +41,14 @@ def _live_context(request: HttpRequest, batch: BatchClassification) -> dict:
 @require_GET
 def project_batch_list(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project, slug=slug)
+    page = page_of(request, selectors.batch_list(project=project))
     return render(
         request,
         "batches/list.html",
         {
             "project": project,
-            "batches": selectors.batch_list(project=project, limit=200),
+            "batches": page,
+            "page": page,
             "can_classify": project.active_version is not None,
         },
     )

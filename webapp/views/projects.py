@@ -13,6 +13,8 @@ from webapp import selectors, services
 from webapp.forms import ProjectForm
 from webapp.models import Project
 
+PROJECT_PAGE_JOBS = 20
+
 
 @require_GET
 def project_list(request: HttpRequest) -> HttpResponse:
@@ -44,7 +46,8 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "project": project,
             "active_version": project.active_version,
             "datasets": selectors.dataset_list(project=project),
-            "jobs": selectors.job_list(project=project, limit=20),
+            "jobs": selectors.job_list(project=project, limit=PROJECT_PAGE_JOBS),
+            "job_count": project.jobs.count(),
             "versions": selectors.version_list(project=project),
             "events": selectors.activation_log(project=project, limit=10),
             "batches": selectors.batch_list(project=project, limit=10),
