@@ -42,10 +42,19 @@ class MultipleImageField(forms.FileField):
 
 
 class DatasetNameForm(forms.Form):
+    """The empty dataset; the subclasses are the other ways in. All four share one page,
+    so each gives its fields ids of its own (a label reaches only the first of equal ids)."""
+
+    id_prefix = "empty"
     name = forms.CharField(max_length=100, help_text="Unique within the project.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("auto_id", f"{self.id_prefix}_%s")
+        super().__init__(*args, **kwargs)
 
 
 class DatasetZipForm(DatasetNameForm):
+    id_prefix = "zip"
     archive = forms.FileField(
         label="Zip of class folders",
         widget=forms.ClearableFileInput(attrs={"accept": ".zip,application/zip"}),
@@ -53,10 +62,12 @@ class DatasetZipForm(DatasetNameForm):
 
 
 class DatasetFolderForm(DatasetNameForm):
+    id_prefix = "folder"
     path = forms.CharField(max_length=500, label="Folder on the server")
 
 
 class DatasetUrlForm(DatasetNameForm):
+    id_prefix = "url"
     name = forms.CharField(max_length=100, initial="flower_photos")
 
 

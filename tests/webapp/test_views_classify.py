@@ -11,6 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from tests.factories import make_project
+from tests.html_checks import duplicate_ids, unlabelled_controls
 from tests.images import jpeg_bytes
 from tests.webapp.conftest import SERVED_LABELS
 from webapp import services
@@ -198,3 +199,10 @@ def test_it_returns_404_for_an_unknown_prediction(viewer_client, db):
 def test_it_refuses_get_on_prediction_changes(trainer_client, served_project, name):
     prediction = _prediction(served_project, None)
     assert trainer_client.get(reverse(name, args=[prediction.pk])).status_code == 405
+
+
+def test_it_labels_every_control_of_both_forms(viewer_client, served_project):
+    page = viewer_client.get(reverse("classify")).content.decode()
+    assert 'id="batch-files"' in page
+    assert unlabelled_controls(page) == []
+    assert duplicate_ids(page) == []

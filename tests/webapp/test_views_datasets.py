@@ -8,6 +8,7 @@ from django.test import override_settings
 from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
+from tests.html_checks import dangling_descriptions, duplicate_ids, unlabelled_controls
 from tests.images import image_folder, jpeg_bytes, zip_of_folder
 from webapp import services
 from webapp.models import Dataset
@@ -330,3 +331,25 @@ def test_it_says_why_it_kept_a_dataset_on_post(trainer_client, doomed):
     assert f"Job #{job.pk} on dataset “doomed” is queued or running" in response.content.decode()
     assert Dataset.objects.filter(pk=doomed.pk).exists()
     assert doomed.path.is_dir()
+
+
+def test_it_gives_each_of_the_four_forms_its_own_field_ids(trainer_client, project, settings):
+    """Every form has a Name field; all four were id="id_name", so the label of the second,
+    third and fourth focused the first (in its closed <details>)."""
+    settings.GRAFT_IMPORT_ROOTS = ["/srv/photos"]
+    page = trainer_client.get(reverse("dataset_new", args=[project.slug])).content.decode()
+    assert duplicate_ids(page) == []
+    assert unlabelled_controls(page) == []
+    assert dangling_descriptions(page) == []
+
+
+def test_it_keeps_its_own_ids_when_a_form_comes_back_with_errors(trainer_client, project):
+    response = trainer_client.post(reverse("dataset_create", args=[project.slug]), {"name": ""})
+    assert response.status_code == 400
+    assert duplicate_ids(response.content.decode()) == []
+
+
+def test_it_labels_every_control_of_the_add_photos_form(trainer_client, dataset):
+    page = trainer_client.get(dataset.get_absolute_url()).content.decode()
+    assert 'name="files"' in page
+    assert unlabelled_controls(page) == []

@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.factories import make_dataset, make_job, make_project, make_version
+from tests.html_checks import dangling_descriptions, duplicate_ids, unlabelled_controls
 from webapp import services
 from webapp.models import EpochRecord, TrainingJob
 
@@ -27,6 +28,15 @@ def test_it_shows_the_recipe_defaults_with_advanced_folded(trainer_client, proje
     assert 'name="image_size" value="224"' in content
     assert 'name="head_units" value="1024,512"' in content
     assert '<details class="card" id="advanced" >' in content  # closed
+
+
+def test_it_gives_screen_readers_every_label_and_help_text(trainer_client, project, dataset):
+    """Django points each field with help text at "<id>_helptext"; the page had no such id."""
+    page = trainer_client.get(reverse("job_create", args=[project.slug])).content.decode()
+    assert "_helptext" in page
+    assert dangling_descriptions(page) == []
+    assert unlabelled_controls(page) == []
+    assert duplicate_ids(page) == []
 
 
 def test_it_forbids_training_without_the_permission(viewer_client, project, dataset):
