@@ -184,3 +184,19 @@ def test_it_pages_the_version_dataset_and_batch_lists(viewer_client):
         assert len(response.context["page"]) == 50, url
     oldest = viewer_client.get(reverse("version_list"), {"page": 2})
     assert b'href="/projects/flowers/models/1/"' in oldest.content
+
+
+def test_it_explains_a_refusal_on_a_page_with_the_menu(viewer_client, db):
+    """A refused page was Django's bare "403 Forbidden": no menu, no way on, no reason."""
+    make_project("Flowers")
+    response = viewer_client.get(reverse("dataset_new", args=["flowers"]))
+    assert response.status_code == 403
+    assert b'href="/projects/"' in response.content
+    assert b"Trainers" in response.content
+
+
+def test_it_answers_an_unknown_address_on_a_page_with_the_menu(viewer_client, db):
+    response = viewer_client.get(reverse("job_detail", args=[999]))
+    assert response.status_code == 404
+    assert b'href="/jobs/"' in response.content
+    assert b"<title>Not found" in response.content
