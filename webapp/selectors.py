@@ -191,6 +191,28 @@ def job_history(*, job: TrainingJob | None) -> dict[str, list]:
     return series
 
 
+def rollback_target(*, project: Project) -> ModelVersion | None:
+    """The version a rollback re-activates: the one that was active before the current one,
+    from the activation log; None when nothing is active, nothing came before, or that
+    version has been deleted."""
+    current = ModelVersion.objects.filter(project=project, is_active=True).first()
+    if current is None:
+        return None
+    event = (
+        ActivationEvent.objects.filter(
+            project=project,
+            version_number=current.number,
+            action__in=[ActivationEvent.Action.ACTIVATE, ActivationEvent.Action.ROLLBACK],
+            previous_number__isnull=False,
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if event is None:
+        return None
+    return ModelVersion.objects.filter(project=project, number=event.previous_number).first()
+
+
 def activation_log(*, project: Project, limit: int = 50) -> QuerySet[ActivationEvent]:
     return ActivationEvent.objects.filter(project=project).select_related("user")[:limit]
 

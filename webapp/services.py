@@ -248,21 +248,7 @@ def model_version_rollback(
     current = ModelVersion.objects.filter(project=project, is_active=True).first()
     if current is None:
         raise ValidationError("There is no active version to roll back from.")
-    event = (
-        ActivationEvent.objects.filter(
-            project=project,
-            version_number=current.number,
-            action__in=[ActivationEvent.Action.ACTIVATE, ActivationEvent.Action.ROLLBACK],
-            previous_number__isnull=False,
-        )
-        .order_by("-created_at", "-id")
-        .first()
-    )
-    previous = (
-        ModelVersion.objects.filter(project=project, number=event.previous_number).first()
-        if event
-        else None
-    )
+    previous = selectors.rollback_target(project=project)
     if previous is None:
         raise ValidationError(
             "There is no earlier active version (still available) to roll back to."

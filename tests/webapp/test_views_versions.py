@@ -236,6 +236,27 @@ def test_it_says_when_there_is_nothing_to_roll_back_to(manager_client, versions)
     assert ModelVersion.objects.get(is_active=True).number == 1
 
 
+def test_it_offers_no_rollback_when_nothing_came_before(manager_client, versions):
+    """v1 is the first version ever active: the Roll back… buttons led to a confirm page
+    whose button then answered "no earlier active version"."""
+    project_page = manager_client.get(reverse("project_detail", args=["pets"])).content
+    version_page = manager_client.get(versions[0].get_absolute_url()).content
+    assert reverse("project_rollback", args=["pets"]).encode() not in project_page
+    assert reverse("project_rollback", args=["pets"]).encode() not in version_page
+    confirm = manager_client.get(reverse("project_rollback", args=["pets"])).content
+    assert b'id="confirm-button"' not in confirm
+    assert b"nothing to roll back to" in confirm
+
+
+def test_it_names_the_version_a_rollback_returns_to(manager_client, versions):
+    manager_client.post(reverse("version_activate", args=["pets", 2]))
+    rollback = reverse("project_rollback", args=["pets"]).encode()
+    assert rollback in manager_client.get(reverse("project_detail", args=["pets"])).content
+    assert rollback in manager_client.get(versions[1].get_absolute_url()).content
+    confirm = manager_client.get(reverse("project_rollback", args=["pets"])).content
+    assert b"Roll back from v2 to v1" in confirm
+
+
 def test_it_deletes_an_inactive_version_and_its_files(
     manager_client, versions, django_capture_on_commit_callbacks
 ):

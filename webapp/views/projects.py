@@ -45,6 +45,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
         {
             "project": project,
             "active_version": project.active_version,
+            "rollback_to": selectors.rollback_target(project=project),
             "datasets": selectors.dataset_list(project=project),
             "jobs": selectors.job_list(project=project, limit=PROJECT_PAGE_JOBS),
             "job_count": project.jobs.count(),

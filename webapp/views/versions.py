@@ -32,6 +32,7 @@ def version_detail(request: HttpRequest, slug: str, number: int) -> HttpResponse
             "project": version.project,
             "version": version,
             "history": selectors.job_history(job=version.job),
+            "rollback_to": selectors.rollback_target(project=version.project),
             "events": selectors.activation_log(project=version.project),
         },
     )
@@ -100,6 +101,7 @@ def project_rollback(request: HttpRequest, slug: str) -> HttpResponse:
             project=project,
             action="rollback",
             current=project.active_version,
+            rollback_to=selectors.rollback_target(project=project),
             events=selectors.activation_log(project=project, limit=5),
         )
     try:
