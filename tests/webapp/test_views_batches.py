@@ -87,6 +87,15 @@ def test_it_offers_no_batch_upload_when_nothing_can_classify(viewer_client, db):
     assert b'id="batch-form"' not in viewer_client.get(reverse("classify")).content
 
 
+def test_it_offers_a_batch_on_the_batches_page_only_when_something_can_classify(viewer_client, db):
+    """The button led to a classify page that said there was nothing to classify with."""
+    offer = f'href="{reverse("classify")}#batch"'.encode()
+    make_version(make_project("Flowers"), 1)  # not active
+    assert offer not in viewer_client.get(reverse("batch_list")).content
+    make_version(make_project("Birds"), 1, is_active=True)
+    assert offer in viewer_client.get(reverse("batch_list")).content
+
+
 # --- Starting a batch -------------------------------------------------------------------
 
 

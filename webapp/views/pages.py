@@ -52,7 +52,12 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def batch_list(request: HttpRequest) -> HttpResponse:
     page = page_of(request, selectors.batch_list())
-    return render(request, "batches/list.html", {"batches": page, "page": page})
+    can_classify = selectors.classify_projects().exists()
+    return render(
+        request,
+        "batches/list.html",
+        {"batches": page, "page": page, "can_classify": can_classify},
+    )
 
 
 @require_GET
