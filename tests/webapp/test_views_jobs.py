@@ -165,6 +165,24 @@ def test_it_stops_polling_and_links_the_version_when_done(viewer_client, project
     assert version.get_absolute_url() in live
 
 
+def test_it_drops_the_last_batch_count_once_the_job_has_ended(viewer_client, project, dataset):
+    """A finished job read "100 % · epoch 3 of 3 · batch 1 of 3": the batch of the last
+    progress write, which the worker throttles to one a second."""
+    job = make_job(
+        project,
+        dataset,
+        status=TrainingJob.Status.SUCCEEDED,
+        progress=1.0,
+        epoch=3,
+        epochs_total=3,
+        batch=1,
+        batches_total=3,
+    )
+    live = viewer_client.get(reverse("job_live", args=[job.pk])).content.decode()
+    assert 'epoch <strong id="job-epoch">3</strong> of 3' in live
+    assert "batch 1 of 3" not in live
+
+
 def test_it_shows_why_a_job_failed(viewer_client, project, dataset):
     job = make_job(project, dataset, status=TrainingJob.Status.FAILED, error="Out of memory.")
     assert b"Out of memory." in viewer_client.get(job.get_absolute_url()).content
