@@ -183,6 +183,21 @@ def test_it_drops_the_last_batch_count_once_the_job_has_ended(viewer_client, pro
     assert "batch 1 of 3" not in live
 
 
+def test_it_counts_the_photo_batches_while_it_reads_the_photos(viewer_client, project, dataset):
+    """Extraction (one pass of the trunk, before the first epoch) read "epoch 0 of 3 · batch
+    5 of 20"; the first epoch then briefly showed the extraction's batch count."""
+    fields = {"status": TrainingJob.Status.RUNNING, "epochs_total": 3, "batches_total": 20}
+    reading = make_job(project, dataset, phase="extracting", epoch=0, batch=5, **fields)
+    starting = make_job(project, dataset, phase="training", epoch=0, batch=20, **fields)
+
+    live = viewer_client.get(reverse("job_live", args=[reading.pk])).content.decode()
+    assert "reading the photos: batch 5 of 20" in live
+    assert "epoch" not in live.split('id="job-progress"')[1].split("</p>")[0]
+    live = viewer_client.get(reverse("job_live", args=[starting.pk])).content.decode()
+    assert 'epoch <strong id="job-epoch">0</strong> of 3' in live
+    assert "batch 20 of 20" not in live
+
+
 def test_it_shows_why_a_job_failed(viewer_client, project, dataset):
     job = make_job(project, dataset, status=TrainingJob.Status.FAILED, error="Out of memory.")
     assert b"Out of memory." in viewer_client.get(job.get_absolute_url()).content
