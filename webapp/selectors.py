@@ -74,7 +74,8 @@ def version_list(*, project: Project | None = None) -> QuerySet[ModelVersion]:
 
 
 def prediction_list(*, project: Project | None = None, limit: int = 20) -> QuerySet[Prediction]:
-    predictions = Prediction.objects.select_related("project", "user")
+    """The latest photos classified one by one (page or API); a batch's rows are on its page."""
+    predictions = Prediction.objects.filter(batch=None).select_related("project", "user")
     if project is not None:
         predictions = predictions.filter(project=project)
     return predictions[:limit]

@@ -112,6 +112,23 @@ def _prediction(project, user):
     )
 
 
+def test_it_lists_recent_photos_without_the_rows_of_batches(viewer_client, viewer, served_project):
+    single = _prediction(served_project, viewer)
+    batch = services.batch_create(
+        project=served_project,
+        files=[SimpleUploadedFile(f"b{i}.jpg", jpeg_bytes()) for i in range(3)],
+        user=viewer,
+        check_queue=False,
+    )
+    services.batch_run(batch_id=batch.pk)
+
+    page = viewer_client.get(reverse("classify")).content.decode()
+
+    assert Prediction.objects.filter(batch=batch).count() == 3
+    assert f'id="prediction-{single.pk}"' in page
+    assert page.count('class="prediction') == 1
+
+
 def test_it_stores_a_correction(viewer_client, viewer, served_project):
     prediction = _prediction(served_project, viewer)
     response = viewer_client.post(
