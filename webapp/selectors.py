@@ -214,8 +214,11 @@ def rollback_target(*, project: Project) -> ModelVersion | None:
     return ModelVersion.objects.filter(project=project, number=event.previous_number).first()
 
 
-def activation_log(*, project: Project, limit: int = 50) -> QuerySet[ActivationEvent]:
-    return ActivationEvent.objects.filter(project=project).select_related("user")[:limit]
+def activation_log(*, project: Project, limit: int | None = 50) -> QuerySet[ActivationEvent]:
+    """The project's activations, roll-backs and deletions, newest first (all of them when
+    ``limit`` is None)."""
+    events = ActivationEvent.objects.filter(project=project).select_related("user")
+    return events if limit is None else events[:limit]
 
 
 def classify_projects() -> QuerySet[Project]:

@@ -22,6 +22,11 @@ urlpatterns = [
     path("projects/new/", projects.project_create, name="project_create"),
     path("projects/<slug:slug>/", projects.project_detail, name="project_detail"),
     path("projects/<slug:slug>/rollback/", versions.project_rollback, name="project_rollback"),
+    path(
+        "projects/<slug:slug>/activations/",
+        projects.project_activations,
+        name="project_activations",
+    ),
     # Datasets
     path("projects/<slug:slug>/datasets/new/", datasets.dataset_new, name="dataset_new"),
     path(

@@ -274,3 +274,25 @@ def test_it_never_deletes_the_active_version(manager_client, versions):
     assert b"active version cannot be deleted" in response.content
     assert versions[0].path.exists()
     assert ModelVersion.objects.filter(number=1).exists()
+
+
+def test_it_keeps_the_whole_activation_log_a_click_away(viewer_client, versions, project):
+    for _ in range(30):  # 61 events in all with v1's first activation
+        for version in (versions[1], versions[0]):
+            model_version_activate(version=version)
+    detail = viewer_client.get(project.get_absolute_url()).content.decode()
+    url = reverse("project_activations", args=[project.slug])
+
+    first = viewer_client.get(url).content.decode()
+    second = viewer_client.get(url, {"page": 2}).content.decode()
+
+    assert detail.count("<tr><td title=") == 10
+    assert f'href="{url}">The whole log (61 events)' in detail
+    assert first.count("<tr><td title=") == 50 and second.count("<tr><td title=") == 11
+    assert "Page 2 of 2" in second
+
+
+def test_it_links_no_whole_log_while_the_project_page_shows_it_all(viewer_client, versions):
+    detail = viewer_client.get(versions[0].project.get_absolute_url()).content.decode()
+    assert "The whole log" not in detail
+    assert "v1" in detail

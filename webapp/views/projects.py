@@ -12,8 +12,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 from webapp import selectors, services
 from webapp.forms import ProjectForm
 from webapp.models import Project
+from webapp.views.pages import page_of
 
 PROJECT_PAGE_JOBS = 20
+PROJECT_PAGE_EVENTS = 10
 
 
 @require_GET
@@ -50,7 +52,18 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "jobs": selectors.job_list(project=project, limit=PROJECT_PAGE_JOBS),
             "job_count": project.jobs.count(),
             "versions": selectors.version_list(project=project),
-            "events": selectors.activation_log(project=project, limit=10),
+            "events": selectors.activation_log(project=project, limit=PROJECT_PAGE_EVENTS),
+            "event_count": project.activations.count(),
             "batches": selectors.batch_list(project=project, limit=10),
         },
+    )
+
+
+@require_GET
+def project_activations(request: HttpRequest, slug: str) -> HttpResponse:
+    """The project's whole activation log (the project page shows the latest)."""
+    project = get_object_or_404(Project, slug=slug)
+    page = page_of(request, selectors.activation_log(project=project, limit=None))
+    return render(
+        request, "projects/activations.html", {"project": project, "events": page, "page": page}
     )
