@@ -196,6 +196,23 @@ def test_it_answers_400_for_an_invalid_training_config(served_project, trainer_a
     assert "epochs" in response.json()["detail"]
 
 
+@pytest.mark.parametrize("weights", ["/etc/passwd", "~/.keras/models/other.h5", "../x.h5"])
+def test_it_refuses_a_weights_file_path(served_project, trainer_api, weights):
+    """Only the form's choices: a path would make the worker open any file on its machine
+    (and say in the job's error whether it exists); paths are for the command line."""
+    dataset = make_dataset(served_project)
+
+    response = trainer_api.post(
+        "/api/v1/projects/flowers/jobs",
+        {"dataset": dataset.pk, "config": {"weights": weights}},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "weights" in response.json()["errors"]["config"][0]
+    assert not TrainingJob.objects.exists()
+
+
 def test_it_answers_400_for_a_dataset_of_another_project(served_project, trainer_api):
     from tests.factories import make_project
 

@@ -14,6 +14,9 @@ from webapp.models import (
     TrainingJob,
 )
 
+# What ``config.weights`` may be over the API (the job form offers the same two).
+API_WEIGHTS = ("imagenet", "none")
+
 
 class ProjectSerializer(serializers.ModelSerializer):
     active_version = serializers.SerializerMethodField()
@@ -118,6 +121,17 @@ class JobCreateSerializer(serializers.Serializer):
         required=False, default=dict, help_text="Training settings (TrainConfig fields)."
     )
     activate_on_success = serializers.BooleanField(required=False, default=False)
+
+    def validate_config(self, config: dict) -> dict:
+        """``weights`` as on the job form: a file path would have the worker open any file
+        on its machine (and say in the job's error whether it exists); paths are for the
+        command line, whose user has the server's files anyway."""
+        if config.get("weights", "imagenet") not in API_WEIGHTS:
+            raise serializers.ValidationError(
+                f"weights must be one of {', '.join(API_WEIGHTS)}; a weights file can be "
+                "given on the server's command line (manage.py train --weights)."
+            )
+        return config
 
 
 class VersionSerializer(serializers.ModelSerializer):
