@@ -1412,6 +1412,15 @@ def max_image_bytes() -> int:
     return settings.GRAFT_MAX_IMAGE_MB * 2**20
 
 
+def photo_size_check(*, size: int) -> None:
+    """Raise UploadTooLarge for a photo of ``size`` bytes over ``GRAFT_MAX_IMAGE_MB``; views
+    call it before they read an upload into memory."""
+    if size > max_image_bytes():
+        raise UploadTooLarge(
+            f"The photo is {size / 2**20:.1f} MB; the limit is {settings.GRAFT_MAX_IMAGE_MB} MB."
+        )
+
+
 def prediction_create(
     *,
     project: Project,
@@ -1434,11 +1443,7 @@ def prediction_create(
     """
     from webapp.predictor import served_version
 
-    if len(image) > max_image_bytes():
-        raise UploadTooLarge(
-            f"The photo is {len(image) / 2**20:.1f} MB; the limit is "
-            f"{settings.GRAFT_MAX_IMAGE_MB} MB."
-        )
+    photo_size_check(size=len(image))
     served = served_version(project.pk)
     if served is None:
         raise NoActiveVersion(

@@ -61,6 +61,38 @@ def test_it_explains_a_photo_it_cannot_read(viewer_client, served_project):
     assert Prediction.objects.count() == 1
 
 
+def test_it_refuses_a_photo_over_the_limit_without_reading_it(
+    viewer_client, served_project, settings, monkeypatch
+):
+    """A photo of any size reaches the view (Django spools it to disk): reading it whole
+    before the size check let one upload fill a web worker's memory."""
+    from django.core.files.uploadedfile import InMemoryUploadedFile
+
+    settings.GRAFT_MAX_IMAGE_MB = 1
+    read = []
+
+    def spy(upload):
+        def read_and_count(*args):
+            data = upload.file.read(*args)
+            if not isinstance(upload, SimpleUploadedFile):  # the view's, not the client's
+                read.append(len(data))
+            return data
+
+        return read_and_count
+
+    monkeypatch.setattr(InMemoryUploadedFile, "read", property(spy))
+    big = SimpleUploadedFile("big.jpg", b"\xff" * (3 * 2**20), content_type="image/jpeg")
+
+    response = viewer_client.post(
+        reverse("classify_photos"), {"project": "flowers", "photos": [big, _photo()]}, headers=HTMX
+    )
+
+    content = response.content.decode()
+    assert "big.jpg" in content and "3.0 MB; the limit is 1 MB" in content
+    assert Prediction.objects.count() == 1
+    assert max(read) <= 2**20
+
+
 def test_it_offers_a_project_selector_when_several_can_classify(viewer_client, served_project):
     from webapp.models import ModelVersion
 

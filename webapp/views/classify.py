@@ -106,6 +106,7 @@ def classify_photos(request: HttpRequest) -> HttpResponse:
     for upload in form.cleaned_data["photos"]:
         outcome = Outcome(filename=upload.name)
         try:
+            services.photo_size_check(size=upload.size)
             outcome.prediction = services.prediction_create(
                 project=project,
                 image=upload.read(),
