@@ -609,7 +609,7 @@ def dataset_add_images(
     *,
     dataset: Dataset,
     class_name: str,
-    files: list[tuple[str, bytes]],
+    files: Iterable[tuple[str, bytes]],
     user: AbstractBaseUser | None = None,
 ) -> dataset_files.ImportReport:
     """Add photos to one class of a ready dataset (creating the class), then rescan it."""

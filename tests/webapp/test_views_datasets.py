@@ -141,6 +141,41 @@ def test_it_creates_an_empty_dataset_and_adds_photos_per_class(trainer_client, p
     assert "Refused c.jpg" in content
 
 
+def test_it_refuses_a_photo_over_the_limit_without_reading_it_whole(
+    trainer_client, project, data_dir, settings, monkeypatch
+):
+    """Uploads reach the view at any size (spooled to disk); reading each whole into
+    memory before the size check let one request exhaust a web worker."""
+    from django.core.files.uploadedfile import InMemoryUploadedFile
+
+    settings.GRAFT_MAX_IMAGE_MB = 1
+    read = []
+
+    def spy(upload):
+        def read_and_count(*args):
+            data = upload.file.read(*args)
+            if not isinstance(upload, SimpleUploadedFile):  # the view's, not the client's
+                read.append(len(data))
+            return data
+
+        return read_and_count
+
+    monkeypatch.setattr(InMemoryUploadedFile, "read", property(spy))
+    dataset = services.dataset_create_empty(project=project, name="mine")
+    files = [
+        SimpleUploadedFile("big.jpg", b"\xff" * (3 * 2**20), content_type="image/jpeg"),
+        SimpleUploadedFile("a.jpg", jpeg_bytes(), content_type="image/jpeg"),
+    ]
+    url = reverse("dataset_add_images", args=[project.slug, dataset.pk])
+
+    response = trainer_client.post(url, {"class_name": "roses", "files": files}, follow=True)
+
+    content = response.content.decode()
+    assert "Added 1 photo(s) to “roses”" in content
+    assert "Refused big.jpg: larger than 1 MB" in content
+    assert max(read) <= 2**20 + 1
+
+
 def test_it_refuses_a_bad_class_name_inline(trainer_client, project, data_dir):
     dataset = services.dataset_create_empty(project=project, name="mine")
     url = reverse("dataset_add_images", args=[project.slug, dataset.pk])

@@ -194,7 +194,9 @@ def dataset_add_images(request: HttpRequest, slug: str, pk: int) -> HttpResponse
     dataset = _dataset(slug, pk)
     form = AddImagesForm(request.POST, request.FILES)
     if form.is_valid():
-        files = [(f.name, f.read()) for f in form.cleaned_data["files"]]
+        # One photo in memory at a time, and never more of it than shows it is too large.
+        limit = services.max_image_bytes() + 1
+        files = ((f.name, f.read(limit)) for f in form.cleaned_data["files"])
         class_name = form.cleaned_data["class_name"]
         try:
             report = services.dataset_add_images(
