@@ -733,10 +733,17 @@ def training_job_create(
     """Validate a training request against its dataset and enqueue it (on commit, by id).
 
     Raises:
+        PermissionDenied: ``activate_on_success`` from a ``user`` who may not manage
+            versions (activating is theirs, not the trainers'; no user: the command line).
         ValidationError: the dataset is not ready or not this project's, the config is
             invalid, or the dataset cannot be trained on (classes, image counts).
         QueueUnavailable: the broker is down or no worker answers (``check_queue``).
     """
+    if activate_on_success and user is not None and not user.has_perm("webapp.manage_versions"):
+        raise PermissionDenied(
+            "Activating the new version needs the permission to manage versions; start the "
+            "job without it and ask a version manager to activate the version."
+        )
     if dataset.project_id != project.pk:
         raise ValidationError({"dataset": "That dataset belongs to another project."})
     if dataset.status != Dataset.Status.READY:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from tests.factories import make_dataset, make_job
+from tests.factories import make_dataset, make_job, role_group
 from webapp import services
 from webapp.models import EpochRecord, ModelVersion, TrainingJob
 
@@ -196,6 +196,20 @@ def test_it_answers_400_for_an_invalid_training_config(served_project, trainer_a
     assert "epochs" in response.json()["detail"]
 
 
+def test_it_leaves_activating_on_success_to_version_managers(served_project, trainer_api):
+    dataset = make_dataset(served_project)
+
+    response = trainer_api.post(
+        "/api/v1/projects/flowers/jobs",
+        {"dataset": dataset.pk, "activate_on_success": True},
+        format="json",
+    )
+
+    assert response.status_code == 403
+    assert "manage" in response.json()["detail"]
+    assert not TrainingJob.objects.exists()
+
+
 @pytest.mark.parametrize("weights", ["/etc/passwd", "~/.keras/models/other.h5", "../x.h5"])
 def test_it_refuses_a_weights_file_path(served_project, trainer_api, weights):
     """Only the form's choices: a path would make the worker open any file on its machine
@@ -241,7 +255,8 @@ def test_it_answers_503_when_no_worker_is_running(served_project, trainer_api, b
 
 
 @pytest.mark.slow
-def test_it_starts_a_job_when_a_worker_answers(served_project, trainer_api, start_worker):
+def test_it_starts_a_job_when_a_worker_answers(served_project, trainer, trainer_api, start_worker):
+    trainer.groups.add(role_group("Version managers"))  # to activate on success
     start_worker(queues="default")
     dataset = make_dataset(served_project)
 

@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.factories import make_dataset, make_job, make_project, make_version
+from tests.factories import make_dataset, make_job, make_project, make_version, role_group
 from tests.html_checks import dangling_descriptions, duplicate_ids, unlabelled_controls
 from webapp import services
 from webapp.models import EpochRecord, TrainingJob
@@ -68,7 +68,10 @@ def _form(dataset, **changes):
     return {**data, **changes}
 
 
-def test_it_starts_a_job_with_the_chosen_config(trainer_client, project, dataset, queue_up):
+def test_it_starts_a_job_with_the_chosen_config(
+    trainer, trainer_client, project, dataset, queue_up
+):
+    trainer.groups.add(role_group("Version managers"))
     response = trainer_client.post(
         reverse("job_create", args=[project.slug]), _form(dataset, activate_on_success="on")
     )
@@ -80,6 +83,22 @@ def test_it_starts_a_job_with_the_chosen_config(trainer_client, project, dataset
     assert job.config["weights"] == "none"
     assert job.activate_on_success is True
     assert job.epochs_total == 3
+
+
+def test_it_leaves_activating_on_success_to_version_managers(
+    trainer, trainer_client, project, dataset, queue_up
+):
+    """Training is the Trainers' permission, activating the Version managers': a job that
+    activates its version would let a trainer replace the version that serves."""
+    url = reverse("job_create", args=[project.slug])
+    assert 'name="activate_on_success"' not in trainer_client.get(url).content.decode()
+
+    response = trainer_client.post(url, _form(dataset, activate_on_success="on"))
+
+    assert response.status_code == 403
+    assert not TrainingJob.objects.exists()
+    trainer.groups.add(role_group("Version managers"))
+    assert 'name="activate_on_success"' in trainer_client.get(url).content.decode()
 
 
 def test_it_shows_field_errors_inline_and_opens_advanced(trainer_client, project, dataset):
