@@ -82,7 +82,15 @@ class DatasetAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", "source", "project"]
     search_fields = ["name", "project__name", "fingerprint", "source_detail"]
+    # Status and source are the services' (the reconcile imports an "importing" dataset from
+    # its source again, so an edited folder would skip GRAFT_IMPORT_ROOTS).
     readonly_fields = [
+        "status",
+        "source",
+        "source_detail",
+        "heartbeat_at",
+        "attempts",
+        "celery_task_id",
         "fingerprint",
         "class_counts",
         "image_count",
@@ -133,7 +141,13 @@ class TrainingJobAdmin(admin.ModelAdmin):
     search_fields = ["id", "project__name", "dataset__name", "celery_task_id", "error"]
     date_hierarchy = "created_at"
     inlines = [EpochRecordInline]
+    # What was asked for is checked once, by training_job_create (which also makes every
+    # job: none is added here); the worker trains what the row says.
     readonly_fields = [
+        "project",
+        "dataset",
+        "config",
+        "activate_on_success",
         "status",
         "cancelled_by",
         "phase",
@@ -153,6 +167,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
         "created_at",
     ]
     exclude = ["train_files", "val_files"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
 
 @admin.register(ModelVersion)

@@ -369,3 +369,58 @@ def test_it_offers_no_add_page_for_rows_only_the_app_creates(admin_client, rows,
     assert reverse(f"admin:webapp_{model}_add") not in changelist.content.decode()
     response = admin_client.post(reverse(f"admin:webapp_{model}_add"), {"notes": ""})
     assert response.status_code == 403
+
+
+def test_it_keeps_a_datasets_source_and_status_read_only(admin_client, rows):
+    """An import's status and source are set by the services: a dataset put back to
+    importing from another server folder would have the reconcile copy that folder in,
+    outside GRAFT_IMPORT_ROOTS."""
+    dataset = rows["dataset"]
+    before = (dataset.status, dataset.source, dataset.source_detail)
+    url = reverse("admin:webapp_dataset_change", args=[dataset.pk])
+
+    response = admin_client.post(
+        url,
+        {
+            "project": dataset.project.pk,
+            "name": "renamed",
+            "source": "directory",
+            "source_detail": "/etc",
+            "status": "importing",
+            "error": "",
+            "attempts": 0,
+            "max_attempts": 3,
+            "celery_task_id": "",
+        },
+    )
+
+    assert response.status_code == 302
+    dataset.refresh_from_db()
+    assert dataset.name == "renamed"
+    assert (dataset.status, dataset.source, dataset.source_detail) == before
+
+
+def test_it_keeps_a_jobs_request_read_only(admin_client, rows):
+    """A job's config and dataset are checked when it is created (a weights file path is
+    refused there); a queued job edited here would train on what nobody checked."""
+    job = rows["trainingjob"]
+    before = (job.config, job.dataset_id, job.project_id)
+    url = reverse("admin:webapp_trainingjob_change", args=[job.pk])
+
+    response = admin_client.post(
+        url,
+        {
+            "project": make_project("Birds").pk,
+            "dataset": make_dataset(job.project, "other").pk,
+            "config": '{"weights": "/etc/passwd"}',
+            "max_attempts": 3,
+            "error": "",
+            "epochs-TOTAL_FORMS": 0,
+            "epochs-INITIAL_FORMS": 0,
+        },
+    )
+
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert (job.config, job.dataset_id, job.project_id) == before
+    assert admin_client.get(reverse("admin:webapp_trainingjob_add")).status_code == 403
