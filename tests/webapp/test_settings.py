@@ -161,3 +161,14 @@ def test_it_serves_static_files_in_production_without_collectstatic_or_a_warning
         response = client.get("/static/graft/graft.css")
     assert response.status_code == 200
     assert b"".join(response.streaming_content)
+
+
+@pytest.mark.parametrize("password", ["8417302965", "victor-victor"])
+def test_it_refuses_all_digit_passwords_and_ones_like_the_user_name(db, password):
+    """Django's four validators, as ``startproject`` writes them; two were missing."""
+    from django.contrib.auth.models import User
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError):
+        validate_password(password, User(username="victor-victor", email="v@example.com"))
