@@ -8,7 +8,9 @@ off so every worker imports Django after the fork and loads its own LiteRT predi
 
 Environment: ``GRAFT_BIND`` (default ``GRAFT_HOST:GRAFT_PORT``, i.e. 127.0.0.1:8000),
 ``GUNICORN_WORKERS`` (default: CPU count), ``GUNICORN_THREADS`` (default 4),
-``GUNICORN_TIMEOUT`` (default 120 s, for large batch uploads).
+``GUNICORN_TIMEOUT`` (default 120 s, for large batch uploads), ``GUNICORN_MAX_REQUESTS``
+(default 20000, then the worker is recycled), ``GUNICORN_ACCESS_LOG`` (default: none),
+``LOG_LEVEL`` (default info).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every value has a default that works on one machine with nothing installed (SQLite and
 the embedded Redis under ``var/``). Scaling out is a matter of setting ``DATABASE_URL``,
-``CELERY_BROKER_URL`` and ``GRAFT_DATA_DIR`` (see README). A malformed value raises
-``ImproperlyConfigured`` naming the variable, at start-up rather than mid-request.
+``CELERY_BROKER_URL``, ``GRAFT_DATA_DIR`` and one ``SECRET_KEY`` for all (see README). A
+malformed value raises ``ImproperlyConfigured`` naming the variable, at start-up rather
+than mid-request.
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ GRAFT_SERVING_THREADS = env_int("GRAFT_SERVING_THREADS", 1, minimum=1)
 # Keep uploaded photos with their predictions (needed to add corrections to a dataset);
 # otherwise only their sha256 is stored.
 GRAFT_KEEP_PREDICTION_IMAGES = env_bool("GRAFT_KEEP_PREDICTION_IMAGES", False)
-# Predictions (and finished batch jobs) older than this are deleted daily; 0 keeps them.
+# Predictions (and finished batch jobs) older than this are deleted (checked hourly, see
+# CELERY_BEAT_SCHEDULE); 0 keeps them.
 GRAFT_PREDICTION_RETENTION_DAYS = env_int("GRAFT_PREDICTION_RETENTION_DAYS", 90, minimum=0)
 # Opt-in int8 serving. On, the worker calibrates a full-integer int8 copy of every new
 # version (``worker.tasks.quantize_version``, on the default queue) and keeps it only when
