@@ -155,6 +155,19 @@ def test_it_refuses_activation_without_the_permission(served_project, viewer_api
     assert served_project.active_version.number == 1
 
 
+def test_it_answers_400_when_the_version_files_are_missing(served_project, manager_api):
+    ModelVersion.objects.create(
+        project=served_project, number=3, directory="models/flowers/v3", image_size=32
+    )
+
+    response = manager_api.post("/api/v1/projects/flowers/versions/3/activate")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid"
+    assert "v3 cannot be activated" in response.json()["detail"]
+    assert served_project.active_version.number == 1
+
+
 def test_it_rolls_back_to_the_previous_version(served_project, manager_api):
     manager_api.post("/api/v1/projects/flowers/versions/2/activate")
 
@@ -286,6 +299,15 @@ def test_it_serves_the_openapi_schema(client, db):
         True,
         True,
     )
+
+
+def test_it_documents_that_activating_a_damaged_version_answers_400(client, db):
+    """model_version_activate refuses a version whose files are missing or changed with a
+    ValidationError, which the API answers as 400."""
+    response = client.get("/api/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+
+    operation = response.json()["paths"]["/api/v1/projects/{slug}/versions/{number}/activate"]
+    assert "400" in operation["post"]["responses"]
 
 
 def test_it_serves_the_api_docs_page_with_local_assets(client, db):

@@ -195,9 +195,12 @@ class VersionDetail(generics.RetrieveAPIView):
 
 
 class VersionActivate(APIView):
-    """Make this version the one that answers classifications (needs manage_versions)."""
+    """Make this version the one that answers classifications (needs manage_versions); 400
+    when its files are missing or damaged (the active version stays)."""
 
-    @extend_schema(request=None, responses={200: s.VersionSerializer, **_errors(401, 403, 404)})
+    @extend_schema(
+        request=None, responses={200: s.VersionSerializer, **_errors(400, 401, 403, 404)}
+    )
     def post(self, request: Request, slug: str, number: int) -> Response:
         version = get_object_or_404(ModelVersion, project=_project(slug), number=number)
         _require(request, "webapp.manage_versions")
