@@ -1057,7 +1057,7 @@ def model_version_quantize(*, version_id: int, force: bool = False) -> ModelVers
     damaged files, anything unexpected, a worker that died on every attempt) is never an
     exception here: the reason is logged and recorded, and the version keeps serving what
     it served (float32 unless an earlier int8 copy was accepted).
-    Returns ``None`` when the version no longer exists.
+    Returns ``None`` when the version no longer exists, or was deleted while it ran.
     """
     version = _int8_claim(version_id=version_id, force=force)
     if version is None or not version.int8_running:
@@ -1074,8 +1074,8 @@ def model_version_quantize(*, version_id: int, force: bool = False) -> ModelVers
             f"Quantization failed unexpectedly: {type(exc).__name__}: {exc}. "
             "The worker log has the details.",
         )
-    version.refresh_from_db()
-    return version
+    # Deleted meanwhile (its folder went with it, which is often why it failed): None.
+    return ModelVersion.objects.select_related("project").filter(pk=version_id).first()
 
 
 def _int8_claim(*, version_id: int, force: bool) -> ModelVersion | None:

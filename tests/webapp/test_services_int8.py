@@ -209,3 +209,15 @@ def test_it_calibrates_on_the_folder_of_the_versions_dataset(version, data_dir, 
     services.model_version_quantize(version_id=version.pk)
 
     assert fake.calls[0]["data_dir"] == data_dir / "datasets" / "elsewhere"
+
+
+def test_it_answers_none_when_the_version_is_deleted_while_it_runs(version, monkeypatch):
+    class Deleting(FakeQuantize):
+        def quantize_version(self, version_dir, data_dir, **options):
+            services.model_version_delete(version=version)  # its folder goes on commit
+            raise ArtifactError(f"{version_dir} is not a model version directory.")
+
+    Deleting().install(monkeypatch)
+
+    assert services.model_version_quantize(version_id=version.pk) is None
+    assert not ModelVersion.objects.filter(pk=version.pk).exists()
