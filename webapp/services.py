@@ -1532,21 +1532,29 @@ def prediction_add_to_dataset(
             "The photo was not kept (GRAFT_KEEP_PREDICTION_IMAGES was off when it was "
             "classified), so it cannot be added to a dataset; upload it to the dataset instead."
         )
-    if prediction.added_to_dataset_id is not None:
-        raise ValidationError("This photo was already added to a dataset.")
     try:
         with prediction.image.open("rb") as handle:
             data = handle.read()
     except OSError:
         raise ValidationError("The kept photo is missing from storage.") from None
+    # Claimed before the copy, so two requests at once (a double click) add it once.
+    claim = Prediction.objects.filter(pk=prediction.pk, added_to_dataset__isnull=True)
+    if not claim.update(added_to_dataset=dataset):
+        raise ValidationError("This photo was already added to a dataset.")
+    prediction.refresh_from_db()
     label = prediction.corrected_label or prediction.label
     name = f"prediction-{prediction.pk}{Path(prediction.image.name).suffix}"
-    report = dataset_add_images(dataset=dataset, class_name=label, files=[(name, data)], user=user)
-    if not report.written:
-        reason = report.rejected[0][1] if report.rejected else "refused"
-        raise ValidationError(f"The photo could not be added: {reason}.")
-    Prediction.objects.filter(pk=prediction.pk).update(added_to_dataset=dataset)
-    prediction.refresh_from_db()
+    try:
+        report = dataset_add_images(
+            dataset=dataset, class_name=label, files=[(name, data)], user=user
+        )
+        if not report.written:
+            reason = report.rejected[0][1] if report.rejected else "refused"
+            raise ValidationError(f"The photo could not be added: {reason}.")
+    except BaseException:
+        Prediction.objects.filter(pk=prediction.pk).update(added_to_dataset=None)
+        prediction.refresh_from_db()
+        raise
     return prediction
 
 

@@ -122,3 +122,32 @@ def test_it_keeps_everything_when_retention_is_zero(served_project, settings):
 
     assert services.predictions_prune() == {"predictions": 0, "batches": 0}
     assert Prediction.objects.count() == 1
+
+
+def test_it_adds_a_photo_to_a_dataset_once(served_project, viewer, settings, data_dir):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = True
+    dataset = make_dataset(served_project, "photos", class_counts={})
+    prediction = services.prediction_create(project=served_project, image=jpeg())
+    stale = Prediction.objects.get(pk=prediction.pk)  # a second request, read meanwhile
+    services.prediction_add_to_dataset(prediction=prediction, dataset=dataset, user=viewer)
+
+    with pytest.raises(ValidationError, match="already added"):
+        services.prediction_add_to_dataset(prediction=stale, dataset=dataset, user=viewer)
+
+    assert len(list(dataset.path.rglob("*.jpg"))) == 1
+
+
+def test_it_leaves_a_photo_it_could_not_add_free_to_add_later(
+    served_project, viewer, settings, data_dir
+):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = True
+    dataset = make_dataset(served_project, "photos", class_counts={})
+    prediction = services.prediction_create(project=served_project, image=jpeg())
+    with prediction.image.open("wb") as handle:
+        handle.write(b"no longer a photo")
+
+    with pytest.raises(ValidationError, match="could not be added"):
+        services.prediction_add_to_dataset(prediction=prediction, dataset=dataset, user=viewer)
+
+    prediction.refresh_from_db()
+    assert prediction.added_to_dataset is None
