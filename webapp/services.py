@@ -1498,18 +1498,28 @@ def prediction_correct(
     """Record a person's correction (the right class name) for a prediction.
 
     Raises:
-        ValidationError: the label could not be a class folder name.
+        ValidationError: the label could not be a class folder name, or the photo is
+            already in a dataset (under the label it had then; a correction would not
+            reach it there).
     """
     try:
         label = dataset_files.validate_class_name(label)
     except dataset_files.ImportRefused as exc:
         raise ValidationError({"label": str(exc)}) from None
-    Prediction.objects.filter(pk=prediction.pk).update(
+    corrected = Prediction.objects.filter(pk=prediction.pk, added_to_dataset__isnull=True).update(
         corrected_label=label,
         corrected_by=user if user is not None and user.is_authenticated else None,
         corrected_at=timezone.now(),
     )
     prediction.refresh_from_db()
+    if not corrected:
+        raise ValidationError(
+            {
+                "label": f"The photo is already in dataset “{prediction.added_to_dataset.name}” as "
+                f"“{prediction.corrected_label or prediction.label}”; a correction now would "
+                "not change it there."
+            }
+        )
     return prediction
 
 

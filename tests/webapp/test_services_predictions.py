@@ -124,6 +124,23 @@ def test_it_keeps_everything_when_retention_is_zero(served_project, settings):
     assert Prediction.objects.count() == 1
 
 
+def test_it_refuses_a_correction_once_the_photo_is_in_a_dataset(
+    served_project, viewer, settings, data_dir
+):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = True
+    dataset = make_dataset(served_project, "photos", class_counts={})
+    prediction = services.prediction_create(project=served_project, image=jpeg())
+    services.prediction_add_to_dataset(prediction=prediction, dataset=dataset, user=viewer)
+    other = next(name for name in ("cat", "dog") if name != prediction.label)
+
+    with pytest.raises(ValidationError, match="already in dataset"):
+        services.prediction_correct(prediction=prediction, label=other, user=viewer)
+
+    prediction.refresh_from_db()
+    assert prediction.corrected_label == ""
+    assert [p.parent.name for p in dataset.path.rglob("*.jpg")] == [prediction.label]
+
+
 def test_it_adds_a_photo_to_a_dataset_once(served_project, viewer, settings, data_dir):
     settings.GRAFT_KEEP_PREDICTION_IMAGES = True
     dataset = make_dataset(served_project, "photos", class_counts={})

@@ -220,6 +220,25 @@ def test_it_adds_a_corrected_photo_to_a_dataset(trainer_client, served_project, 
     assert b"added to fixes" in response.content
 
 
+def test_it_refuses_a_correction_after_the_photo_went_into_a_dataset(
+    trainer_client, served_project, settings
+):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = True
+    dataset = services.dataset_create_empty(project=served_project, name="fixes")
+    prediction = _prediction(served_project, None)
+    services.prediction_add_to_dataset(prediction=prediction, dataset=dataset)
+    other = next(label for label in SERVED_LABELS[1] if label != prediction.label)
+
+    response = trainer_client.post(
+        reverse("prediction_correct", args=[prediction.pk]), {"label": other}, headers=HTMX
+    )
+
+    assert response.status_code == 400
+    assert "already in dataset “fixes”" in response.content.decode()
+    prediction.refresh_from_db()
+    assert prediction.corrected_label == ""
+
+
 def test_it_says_when_the_photo_was_not_kept(trainer_client, served_project, settings):
     settings.GRAFT_KEEP_PREDICTION_IMAGES = False
     dataset = services.dataset_create_empty(project=served_project, name="fixes")
