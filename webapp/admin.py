@@ -266,7 +266,8 @@ class ActivationEventAdmin(admin.ModelAdmin):
 
 @admin.register(Prediction)
 class PredictionAdmin(admin.ModelAdmin):
-    """Predictions come from classified photos, so none is added here."""
+    """Predictions come from classified photos, so none is added here; deleting them goes
+    through ``services.predictions_delete`` (the photos kept for them go too)."""
 
     list_display = ["created_at", "project", "version_number", "label", "confidence", "source"]
     list_filter = ["source", "project"]
@@ -289,6 +290,12 @@ class PredictionAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def delete_model(self, request: HttpRequest, obj: Prediction) -> None:
+        services.predictions_delete(predictions=Prediction.objects.filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Prediction]) -> None:
+        services.predictions_delete(predictions=queryset)
 
 
 @admin.register(BatchClassification)

@@ -1568,6 +1568,21 @@ def prediction_add_to_dataset(
     return prediction
 
 
+def predictions_delete(*, predictions: QuerySet[Prediction]) -> int:
+    """Delete ``predictions`` and, once that commits, the photos kept for them (the
+    admin's delete and the retention both come here); returns how many rows went."""
+    with transaction.atomic():
+        images = [name for name in predictions.values_list("image", flat=True) if name]
+        deleted, _ = predictions.delete()
+        transaction.on_commit(partial(_prediction_images_remove, images))
+    return deleted
+
+
+def _prediction_images_remove(names: list[str]) -> None:
+    for name in names:
+        default_storage.delete(name)
+
+
 def predictions_prune(*, now: datetime | None = None) -> dict[str, int]:
     """Delete predictions and finished batches older than GRAFT_PREDICTION_RETENTION_DAYS.
 
@@ -1581,15 +1596,11 @@ def predictions_prune(*, now: datetime | None = None) -> dict[str, int]:
     deleted = 0
     while True:
         chunk = list(
-            Prediction.objects.filter(created_at__lt=cutoff).values_list("pk", "image")[:1000]
+            Prediction.objects.filter(created_at__lt=cutoff).values_list("pk", flat=True)[:1000]
         )
         if not chunk:
             break
-        Prediction.objects.filter(pk__in=[pk for pk, _ in chunk]).delete()
-        for _, name in chunk:
-            if name:
-                default_storage.delete(name)
-        deleted += len(chunk)
+        deleted += predictions_delete(predictions=Prediction.objects.filter(pk__in=chunk))
     batches = list(
         BatchClassification.objects.filter(
             created_at__lt=cutoff, status__in=BatchClassification.FINISHED

@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.messages import get_messages
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.urls import reverse
 
 from tests.factories import make_dataset, make_job, make_project, make_version
+from tests.images import jpeg_bytes
 from webapp.models import (
     ActivationEvent,
     BatchClassification,
     Dataset,
     ModelVersion,
+    Prediction,
     Project,
     TrainingJob,
 )
@@ -346,6 +350,48 @@ def test_it_needs_the_permission_to_delete_what_goes_with_a_project(client, rows
 
     assert client.post(url, {"post": "yes"}).status_code == 403
     assert Project.objects.exists()
+
+
+def _kept_prediction(project) -> Prediction:
+    prediction = Prediction(
+        project=project,
+        version_number=1,
+        image_sha256="0" * 64,
+        label="a",
+        confidence=1.0,
+        latency_ms=1.0,
+    )
+    prediction.image.save("kept.jpg", ContentFile(jpeg_bytes()), save=True)
+    return prediction
+
+
+def test_it_deletes_a_prediction_with_its_kept_photo(
+    admin_client, rows, django_capture_on_commit_callbacks
+):
+    prediction = _kept_prediction(rows["project"])
+    url = reverse("admin:webapp_prediction_delete", args=[prediction.pk])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Prediction.objects.exists()
+    assert not default_storage.exists(prediction.image.name)
+
+
+def test_it_deletes_selected_predictions_with_their_kept_photos(
+    admin_client, rows, django_capture_on_commit_callbacks
+):
+    predictions = [_kept_prediction(rows["project"]) for _ in range(2)]
+    url = reverse("admin:webapp_prediction_changelist")
+    chosen = {"action": "delete_selected", "_selected_action": [p.pk for p in predictions]}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(url, {**chosen, "post": "yes"})
+
+    assert response.status_code == 302
+    assert not Prediction.objects.exists()
+    assert not any(default_storage.exists(p.image.name) for p in predictions)
 
 
 def test_it_keeps_a_projects_slug_once_set(admin_client, rows):

@@ -91,7 +91,9 @@ def test_it_cannot_add_a_photo_that_was_not_kept(served_project, viewer):
         services.prediction_add_to_dataset(prediction=prediction, dataset=dataset, user=viewer)
 
 
-def test_it_prunes_predictions_and_batches_past_the_retention(served_project, settings):
+def test_it_prunes_predictions_and_batches_past_the_retention(
+    served_project, settings, django_capture_on_commit_callbacks
+):
     settings.GRAFT_PREDICTION_RETENTION_DAYS = 30
     settings.GRAFT_KEEP_PREDICTION_IMAGES = True
     old = services.prediction_create(project=served_project, image=jpeg())
@@ -105,11 +107,13 @@ def test_it_prunes_predictions_and_batches_past_the_retention(served_project, se
     )
     stale.path.mkdir(parents=True)
 
-    result = services.predictions_prune()
+    with django_capture_on_commit_callbacks(execute=True):
+        result = services.predictions_prune()
 
     assert result == {"predictions": 1, "batches": 1}
     assert list(Prediction.objects.values_list("pk", flat=True)) == [new.pk]
     assert not stale.path.exists()
+    assert not old.image.storage.exists(old.image.name)
     assert new.image.storage.exists(new.image.name)
 
 
