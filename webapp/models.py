@@ -433,8 +433,21 @@ class ModelVersion(models.Model):
 
     @property
     def int8_served(self) -> bool:
-        """Whether its int8 copy answers in place of the float32 model (GRAFT_INT8 on)."""
-        return settings.GRAFT_INT8 and self.int8_accepted
+        """Whether its int8 copy answers in place of the float32 model: GRAFT_INT8 on, the
+        copy accepted, and its file the one quantization recorded (serving skips a missing
+        or damaged one and answers with float32)."""
+        return settings.GRAFT_INT8 and self.int8_accepted and self._int8_file_intact()
+
+    def _int8_file_intact(self) -> bool:
+        from classifier.errors import ArtifactError
+        from classifier.serving import MODEL_INT8, sha256_file
+
+        entry = (self.files or {}).get(MODEL_INT8)
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        try:
+            return bool(expected) and sha256_file(self.path / MODEL_INT8) == expected
+        except ArtifactError:  # unreadable or gone
+            return False
 
     @property
     def int8_accuracy_drop(self) -> float | None:
@@ -464,11 +477,13 @@ class ModelVersion(models.Model):
     @property
     def int8_serving_label(self) -> str:
         """Which model answers for this version, and why, in a few words."""
-        if self.int8_served:
-            return "int8 (GRAFT_INT8 is on and the int8 copy was accepted)"
         if not self.int8_accepted:
             return "float32 (no accepted int8 copy)"
-        return "float32 (GRAFT_INT8 is off)"
+        if not settings.GRAFT_INT8:
+            return "float32 (GRAFT_INT8 is off)"
+        if not self._int8_file_intact():
+            return "float32 (the int8 file is missing or damaged; quantize the version again)"
+        return "int8 (GRAFT_INT8 is on and the int8 copy was accepted)"
 
 
 class ActivationEvent(models.Model):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from django.urls import reverse
 
@@ -68,11 +70,19 @@ def test_it_shows_metrics_heat_map_mistakes_lineage_and_downloads(viewer_client,
     assert "Activated" in content  # the activation log
 
 
+def _record_int8_copy(version: ModelVersion, record: dict) -> None:
+    """The row as quantization leaves it: the record, and the int8 file's checksum."""
+    digest = hashlib.sha256((version.path / "model.int8.tflite").read_bytes()).hexdigest()
+    ModelVersion.objects.filter(pk=version.pk).update(
+        int8=record, files={"model.int8.tflite": {"sha256": digest, "bytes": 10}}
+    )
+
+
 def test_it_shows_the_int8_record_and_whether_it_is_served(viewer_client, versions, settings):
     from tests.int8 import int8_record
 
     settings.GRAFT_INT8 = True
-    ModelVersion.objects.filter(pk=versions[0].pk).update(int8=int8_record())
+    _record_int8_copy(versions[0], int8_record())
 
     content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
 
@@ -84,6 +94,26 @@ def test_it_shows_the_int8_record_and_whether_it_is_served(viewer_client, versio
     assert "int8 accuracy is within 0.01 of float32." in content
     assert "int8 (GRAFT_INT8 is on and the int8 copy was accepted)" in content
     assert reverse("version_download", args=["pets", 1, "model.int8.tflite"]) in content
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_it_says_float32_serves_when_the_int8_file_is_missing_or_damaged(
+    viewer_client, versions, settings, damage
+):
+    from tests.int8 import int8_record
+
+    settings.GRAFT_INT8 = True
+    _record_int8_copy(versions[0], int8_record())
+    int8_file = versions[0].path / "model.int8.tflite"
+    if damage == "missing":
+        int8_file.unlink()
+    else:
+        int8_file.write_bytes(b"y" * 10)
+
+    content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
+
+    assert "float32 (the int8 file is missing or damaged" in content
+    assert "int8 (GRAFT_INT8 is on" not in content
 
 
 def test_it_shows_a_refused_int8_copy_as_not_served(viewer_client, versions, settings):
