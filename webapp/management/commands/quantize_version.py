@@ -14,7 +14,7 @@ from webapp.models import ModelVersion
 class Command(BaseCommand):
     help = (
         "Calibrate an int8 copy of a model version on its dataset's photos, in this process "
-        "(TensorFlow, 10-20 s), and print the record as JSON. A version that already has a "
+        "(TensorFlow, 10-25 s), and print the record as JSON. A version that already has a "
         "record is left as it is unless --force."
     )
 
