@@ -62,3 +62,9 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def quantize_lock_path(version_dir: Path) -> Path:
+    """The lock that serialises int8 quantizations of one version (beside its folder, so a
+    quantization can hold it while the folder's files are replaced)."""
+    return version_dir.parent / f".{version_dir.name}.quantize.lock"

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from classifier.errors import ArtifactError, DatasetError, InvalidImageError
-from classifier.files import atomic_write, locked
+from classifier.files import atomic_write, locked, quantize_lock_path
 from classifier.serving import (
     METADATA,
     MODEL_INT8,
@@ -281,5 +281,5 @@ def _write(path: Path, content: bytes) -> None:
 def _locked(version_dir: Path) -> Iterator[None]:
     if not version_dir.is_dir():
         raise ArtifactError(f"{version_dir} is not a model version directory.")
-    with locked(version_dir.parent / f".{version_dir.name}.quantize.lock"):
+    with locked(quantize_lock_path(version_dir)):
         yield

@@ -36,6 +36,7 @@ from django.utils.text import slugify
 
 from classifier.config import TrainConfig
 from classifier.errors import ClassifierError, DatasetError, InvalidImageError
+from classifier.files import quantize_lock_path
 from classifier.images import SUPPORTED_SUFFIXES
 from webapp import dataset_files, selectors
 from webapp.models import (
@@ -152,7 +153,7 @@ def _project_files_remove(
     for dataset in datasets:
         _dataset_files_remove(dataset)
     for directory in versions:
-        _data_folder_remove(directory)
+        _version_files_remove(directory)
     for batch_id, directory in batches:
         _batch_folder_remove(batch_id, directory)
     for name in images:
@@ -162,6 +163,12 @@ def _project_files_remove(
     for parent in ("datasets", "models"):
         with contextlib.suppress(OSError):  # not empty (another project's files), or gone
             (Path(settings.GRAFT_DATA_DIR) / parent / slug).rmdir()
+
+
+def _version_files_remove(directory: str) -> None:
+    """A deleted version's folder, and the int8 quantization lock file beside it."""
+    _data_folder_remove(directory)
+    quantize_lock_path(Path(settings.GRAFT_DATA_DIR) / directory).unlink(missing_ok=True)
 
 
 def _data_folder_remove(directory: str) -> None:
@@ -276,9 +283,9 @@ def model_version_delete(*, version: ModelVersion, user: AbstractBaseUser | None
         action=ActivationEvent.Action.DELETE,
         user=user,
     )
-    path = version.path
+    directory = version.directory
     version.delete()
-    transaction.on_commit(partial(shutil.rmtree, path, ignore_errors=True))
+    transaction.on_commit(partial(_version_files_remove, directory))
 
 
 # --- Datasets -------------------------------------------------------------------------

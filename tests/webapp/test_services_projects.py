@@ -40,6 +40,8 @@ def _project_with_files(name: str, data_dir: Path) -> dict[str, Path]:
     scans = hash_cache_path(data_dir / "cache", dataset.path)
     scans.parent.mkdir(parents=True, exist_ok=True)
     scans.write_text("{}")
+    lock = version.path.parent / f".{version.path.name}.quantize.lock"  # left by int8
+    lock.write_bytes(b"")
     upload = data_dir / "incoming" / f"dataset-{dataset.pk}.zip"
     upload.parent.mkdir(exist_ok=True)
     upload.write_bytes(b"PK")
@@ -52,6 +54,7 @@ def _project_with_files(name: str, data_dir: Path) -> dict[str, Path]:
         "photo": Path(prediction.image.path),
         "checkpoints": _filled(data_dir / "checkpoints" / f"job-{job.pk}"),
         "scans": scans,
+        "quantize lock": lock,
         "upload": upload,
     }
 

@@ -291,11 +291,14 @@ def test_it_deletes_an_inactive_version_and_its_files(
     manager_client, versions, django_capture_on_commit_callbacks
 ):
     path = versions[1].path
+    lock = path.parent / ".v2.quantize.lock"  # an int8 quantization's
+    lock.write_bytes(b"")
     with django_capture_on_commit_callbacks(execute=True):
         response = manager_client.post(reverse("version_delete", args=["pets", 2]))
     assert response["Location"] == reverse("project_detail", args=["pets"])
     assert not ModelVersion.objects.filter(number=2).exists()
     assert not path.exists()
+    assert not lock.exists()
     assert ActivationEvent.objects.first().action == "delete"
 
 
