@@ -10,7 +10,6 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from tests.browser.test_story import ARGS, CHROMIUM
 from tests.factories import make_dataset, make_project, make_version, role_group
 
 pytestmark = [
@@ -22,21 +21,6 @@ pytestmark = [
 PHONE = {"width": 390, "height": 844}
 LONG_PROJECT = "Supercalifragilisticexpialidocious_herbarium_specimens_collection_2026"
 LONG_DATASET = "scans_" + "x" * 90
-
-
-@pytest.fixture
-def browser(monkeypatch) -> Iterator:
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls between
-    # browser steps are still plain synchronous code.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
