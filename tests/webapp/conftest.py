@@ -188,3 +188,24 @@ def trainer_api(trainer):
 @pytest.fixture
 def manager_api(manager):
     return token_client(manager)
+
+
+@pytest.fixture
+def upload_reads(monkeypatch) -> list[int]:
+    """The sizes of every ``read()`` a view makes of an uploaded file (the test client's own
+    uploads are not counted): proves a view checks a size before it reads the bytes."""
+    from django.core.files.uploadedfile import InMemoryUploadedFile, SimpleUploadedFile
+
+    reads: list[int] = []
+
+    def spy(upload):
+        def read_and_count(*args):
+            data = upload.file.read(*args)
+            if not isinstance(upload, SimpleUploadedFile):  # the view's, not the client's
+                reads.append(len(data))
+            return data
+
+        return read_and_count
+
+    monkeypatch.setattr(InMemoryUploadedFile, "read", property(spy))
+    return reads

@@ -62,25 +62,12 @@ def test_it_explains_a_photo_it_cannot_read(viewer_client, served_project):
 
 
 def test_it_refuses_a_photo_over_the_limit_without_reading_it(
-    viewer_client, served_project, settings, monkeypatch
+    viewer_client, served_project, settings, upload_reads
 ):
     """A photo of any size reaches the view (Django spools it to disk): reading it whole
     before the size check let one upload fill a web worker's memory."""
-    from django.core.files.uploadedfile import InMemoryUploadedFile
-
     settings.GRAFT_MAX_IMAGE_MB = 1
-    read = []
-
-    def spy(upload):
-        def read_and_count(*args):
-            data = upload.file.read(*args)
-            if not isinstance(upload, SimpleUploadedFile):  # the view's, not the client's
-                read.append(len(data))
-            return data
-
-        return read_and_count
-
-    monkeypatch.setattr(InMemoryUploadedFile, "read", property(spy))
+    read = upload_reads
     big = SimpleUploadedFile("big.jpg", b"\xff" * (3 * 2**20), content_type="image/jpeg")
 
     response = viewer_client.post(

@@ -142,25 +142,12 @@ def test_it_creates_an_empty_dataset_and_adds_photos_per_class(trainer_client, p
 
 
 def test_it_refuses_a_photo_over_the_limit_without_reading_it_whole(
-    trainer_client, project, data_dir, settings, monkeypatch
+    trainer_client, project, data_dir, settings, upload_reads
 ):
     """Uploads reach the view at any size (spooled to disk); reading each whole into
     memory before the size check let one request exhaust a web worker."""
-    from django.core.files.uploadedfile import InMemoryUploadedFile
-
     settings.GRAFT_MAX_IMAGE_MB = 1
-    read = []
-
-    def spy(upload):
-        def read_and_count(*args):
-            data = upload.file.read(*args)
-            if not isinstance(upload, SimpleUploadedFile):  # the view's, not the client's
-                read.append(len(data))
-            return data
-
-        return read_and_count
-
-    monkeypatch.setattr(InMemoryUploadedFile, "read", property(spy))
+    read = upload_reads
     dataset = services.dataset_create_empty(project=project, name="mine")
     files = [
         SimpleUploadedFile("big.jpg", b"\xff" * (3 * 2**20), content_type="image/jpeg"),
