@@ -149,7 +149,8 @@ class Predictor:
         ``prefer_int8`` the version's int8 model (``classifier.quantize``) answers instead
         of the float32 one, but only when its record says it was accepted (its accuracy on
         the version's validation photos stayed within the allowed drop); ``precision``
-        says which one was loaded.
+        says which one was loaded. An int8 copy that is damaged, or that LiteRT cannot
+        load, is skipped with a warning and the float32 model answers.
 
         Raises:
             ArtifactError: a missing or unreadable file, a checksum mismatch, or labels that
@@ -193,6 +194,16 @@ class Predictor:
         try:
             runner = LiteRTRunner(model_path, num_threads=num_threads)
         except (ValueError, RuntimeError) as exc:
+            if precision == "int8":
+                # An intact int8 copy this LiteRT cannot load (one made by another LiteRT,
+                # say) is skipped like a damaged one: the version is served in float32.
+                log.warning(
+                    "%s cannot be loaded (%s); serving the float32 model. Quantize the "
+                    "version again to restore it.",
+                    model_path,
+                    exc,
+                )
+                return cls.load(version_dir, verify=verify, num_threads=num_threads)
             raise ArtifactError(f"{model_path} cannot be loaded: {exc}") from None
         if _file_identity(model_path) != identity:
             raise ArtifactError(f"{model_path} was replaced while it was loaded; load it again.")

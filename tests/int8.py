@@ -43,12 +43,18 @@ def read_metadata(version_dir: Path) -> dict[str, Any]:
     return json.loads((version_dir / "metadata.json").read_text())
 
 
-def add_int8_copy(version_dir: Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the record (and, when accepted, the int8 model) into ``version_dir``."""
+def add_int8_copy(
+    version_dir: Path, record: dict[str, Any] | None = None, *, model: bytes | None = None
+) -> dict[str, Any]:
+    """Write the record (and, when accepted, the int8 model, or ``model`` as its bytes)
+    into ``version_dir``."""
     record = record if record is not None else int8_record()
     metadata = read_metadata(version_dir)
     if record["accepted"]:
-        shutil.copyfile(version_dir / "model.tflite", version_dir / MODEL_INT8)
+        if model is None:
+            shutil.copyfile(version_dir / "model.tflite", version_dir / MODEL_INT8)
+        else:
+            (version_dir / MODEL_INT8).write_bytes(model)
         data = (version_dir / MODEL_INT8).read_bytes()
         metadata["files"][MODEL_INT8] = {
             "sha256": hashlib.sha256(data).hexdigest(),

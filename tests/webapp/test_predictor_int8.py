@@ -161,3 +161,22 @@ def test_a_batch_is_classified_by_the_int8_copy_too(version, settings):
     services.batch_run(batch_id=batch.pk)
 
     assert list(batch.predictions.values_list("precision", flat=True)) == ["int8", "int8"]
+
+
+def test_it_serves_float32_when_litert_cannot_load_an_intact_int8_copy(
+    version, viewer_api, settings, caplog
+):
+    # A file that matches its recorded checksum but that this LiteRT cannot load (one made
+    # by another LiteRT, say): the version is served, by float32, and it is loaded once.
+    settings.GRAFT_INT8 = True
+    record = add_int8_copy(version.path, model=b"not a flatbuffer" * 64)
+    ModelVersion.objects.filter(pk=version.pk).update(int8=record)
+
+    body = _classify(viewer_api)
+
+    assert body["precision"] == "float32"
+    assert "model.int8.tflite cannot be loaded" in caplog.text
+    assert "serving the float32 model" in caplog.text
+    served = predictor.served_version(version.project_id)
+    assert served.predictor.precision == "float32"
+    assert predictor.served_version(version.project_id) is served
