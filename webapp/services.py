@@ -1504,6 +1504,10 @@ def prediction_correct(
 ) -> Prediction:
     """Record a person's correction (the right class name) for a prediction.
 
+    A label that names one of the version's classes in another case ("Roses" for
+    "roses") is stored as the class is spelled, so "Add to dataset" puts the photo in that
+    class's folder, not a new one; any other label is stored as typed.
+
     Raises:
         ValidationError: the label could not be a class folder name, or the photo is
             already in a dataset (under the label it had then; a correction would not
@@ -1513,6 +1517,7 @@ def prediction_correct(
         label = dataset_files.validate_class_name(label)
     except dataset_files.ImportRefused as exc:
         raise ValidationError({"label": str(exc)}) from None
+    label = _class_name_spelled(label, prediction.version.class_names if prediction.version else [])
     corrected = Prediction.objects.filter(pk=prediction.pk, added_to_dataset__isnull=True).update(
         corrected_label=label,
         corrected_by=user if user is not None and user.is_authenticated else None,
@@ -1528,6 +1533,14 @@ def prediction_correct(
             }
         )
     return prediction
+
+
+def _class_name_spelled(label: str, class_names: list[str]) -> str:
+    """``label`` as ``class_names`` spell it when exactly one matches it ignoring case."""
+    if label in class_names:
+        return label
+    matches = [name for name in class_names if name.casefold() == label.casefold()]
+    return matches[0] if len(matches) == 1 else label
 
 
 def prediction_add_to_dataset(

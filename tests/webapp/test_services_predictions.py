@@ -53,6 +53,40 @@ def test_it_records_a_correction(served_project, viewer):
     assert prediction.is_corrected
 
 
+def test_it_spells_a_correction_like_the_version_s_class_it_names(served_project, viewer):
+    prediction = services.prediction_create(project=served_project, image=jpeg())
+
+    services.prediction_correct(prediction=prediction, label="Dog", user=viewer)
+
+    prediction.refresh_from_db()
+    assert prediction.corrected_label == "dog"
+
+
+def test_it_keeps_a_new_label_as_typed(served_project, viewer):
+    prediction = services.prediction_create(project=served_project, image=jpeg())
+
+    services.prediction_correct(prediction=prediction, label="Fox", user=viewer)
+
+    prediction.refresh_from_db()
+    assert prediction.corrected_label == "Fox"
+
+
+def test_it_adds_a_photo_corrected_in_another_case_to_the_existing_class(
+    served_project, viewer, settings, data_dir
+):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = True
+    dataset = make_dataset(served_project, "photos", class_counts={})
+    (dataset.path / "dog").mkdir(parents=True)
+    (dataset.path / "dog" / "seed.jpg").write_bytes(jpeg())
+    prediction = services.prediction_create(project=served_project, image=jpeg())
+    services.prediction_correct(prediction=prediction, label="DOG", user=viewer)
+
+    services.prediction_add_to_dataset(prediction=prediction, dataset=dataset, user=viewer)
+
+    assert sorted(p.name for p in dataset.path.iterdir()) == ["dog"]
+    assert len(list((dataset.path / "dog").iterdir())) == 2
+
+
 def test_it_refuses_a_correction_that_cannot_be_a_class_name(served_project, viewer):
     prediction = services.prediction_create(project=served_project, image=jpeg())
 
