@@ -1550,13 +1550,11 @@ def prediction_add_to_dataset(
 
     Raises:
         ValidationError: the photo was not kept (``GRAFT_KEEP_PREDICTION_IMAGES`` off when
-            it was classified), the dataset is another project's or not ready, or the
-            prediction was already added to a dataset.
+            it was classified), the dataset is another project's, not ready or deleted
+            meanwhile, or the prediction was already added to a dataset.
     """
     if dataset.project_id != prediction.project_id:
         raise ValidationError({"dataset": "That dataset belongs to another project."})
-    if dataset.status != Dataset.Status.READY:
-        raise ValidationError({"dataset": f"The dataset is {dataset.get_status_display()}."})
     if not prediction.image:
         raise ValidationError(
             "The photo was not kept (GRAFT_KEEP_PREDICTION_IMAGES was off when it was "
@@ -1567,23 +1565,35 @@ def prediction_add_to_dataset(
             data = handle.read()
     except OSError:
         raise ValidationError("The kept photo is missing from storage.") from None
-    # Claimed before the copy, so two requests at once (a double click) add it once.
-    claim = Prediction.objects.filter(pk=prediction.pk, added_to_dataset__isnull=True)
-    if not claim.update(added_to_dataset=dataset):
-        raise ValidationError("This photo was already added to a dataset.")
-    prediction.refresh_from_db()
-    label = prediction.corrected_label or prediction.label
     name = f"prediction-{prediction.pk}{Path(prediction.image.name).suffix}"
     try:
-        report = dataset_add_images(
-            dataset=dataset, class_name=label, files=[(name, data)], user=user
-        )
-        if not report.written:
-            reason = report.rejected[0][1] if report.rejected else "refused"
-            raise ValidationError(f"The photo could not be added: {reason}.")
+        with transaction.atomic():
+            # The dataset is judged again, locked, in the transaction that links the photo
+            # to it: a delete either waits for the copy (and removes it with the rest) or
+            # went first, and the add is refused instead of recreating the folder.
+            current = Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
+            if current is None:
+                raise ValidationError(
+                    {"dataset": f"Dataset “{dataset.name}” was deleted meanwhile."}
+                )
+            if current.status != Dataset.Status.READY:
+                raise ValidationError(
+                    {"dataset": f"The dataset is {current.get_status_display()}."}
+                )
+            # Claimed before the copy, so two requests at once (a double click) add it once.
+            claim = Prediction.objects.filter(pk=prediction.pk, added_to_dataset__isnull=True)
+            if not claim.update(added_to_dataset=current):
+                raise ValidationError("This photo was already added to a dataset.")
+            prediction.refresh_from_db()
+            label = prediction.corrected_label or prediction.label
+            report = dataset_add_images(
+                dataset=current, class_name=label, files=[(name, data)], user=user
+            )
+            if not report.written:
+                reason = report.rejected[0][1] if report.rejected else "refused"
+                raise ValidationError(f"The photo could not be added: {reason}.")
     except BaseException:
-        Prediction.objects.filter(pk=prediction.pk).update(added_to_dataset=None)
-        prediction.refresh_from_db()
+        prediction.refresh_from_db()  # the claim was rolled back
         raise
     return prediction
 

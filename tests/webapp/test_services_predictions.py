@@ -13,7 +13,7 @@ from PIL import Image
 from classifier.errors import InvalidImageError
 from tests.factories import make_dataset, make_project
 from webapp import services
-from webapp.models import BatchClassification, Prediction
+from webapp.models import BatchClassification, Dataset, Prediction
 
 
 def jpeg() -> bytes:
@@ -115,6 +115,23 @@ def test_it_adds_a_kept_photo_to_a_dataset_under_its_corrected_label(
     assert Prediction.objects.get(pk=prediction.pk).added_to_dataset == dataset
     with pytest.raises(ValidationError, match="already added"):
         services.prediction_add_to_dataset(prediction=prediction, dataset=dataset, user=viewer)
+
+
+def test_it_does_not_add_a_photo_to_a_dataset_deleted_since_the_form_was_checked(
+    served_project, viewer, settings, data_dir
+):
+    settings.GRAFT_KEEP_PREDICTION_IMAGES = True
+    dataset = make_dataset(served_project, "photos", class_counts={})
+    prediction = services.prediction_create(project=served_project, image=jpeg())
+    stale = Dataset.objects.get(pk=dataset.pk)  # what the form found, still "ready"
+    services.dataset_delete(dataset=dataset)
+
+    with pytest.raises(ValidationError, match="was deleted"):
+        services.prediction_add_to_dataset(prediction=prediction, dataset=stale, user=viewer)
+
+    assert not stale.path.exists()
+    prediction.refresh_from_db()
+    assert prediction.added_to_dataset is None
 
 
 def test_it_cannot_add_a_photo_that_was_not_kept(served_project, viewer):
