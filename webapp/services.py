@@ -1091,7 +1091,12 @@ def _int8_claim(*, version_id: int, force: bool) -> ModelVersion | None:
     The mark keeps the previous record's fields, so pages and the serving cache go on
     seeing the copy that is on disk. A message redelivered because its worker died (out of
     memory, say) counts as another attempt; past ``GRAFT_JOB_MAX_ATTEMPTS`` the version gets
-    a failure record instead of yet another try.
+    a failure record instead of yet another try. A claim while the mark is younger than
+    ``GRAFT_HEARTBEAT_TIMEOUT`` is a duplicate (another click) of a run still under way:
+    it leaves the mark as it is and waits for that run (quantizations of a version are
+    serialised), so clicks never use up the attempts of a live run. Such a claim leaves
+    ``started_at`` alone, so a worker that keeps dying is still counted once the mark is
+    older than that.
     """
     with transaction.atomic():
         version = (
@@ -1107,7 +1112,9 @@ def _int8_claim(*, version_id: int, force: bool) -> ModelVersion | None:
         if record and not running and not force:
             return version
         attempts = int(record.get("attempts", 0)) + 1 if running else 1
-        if attempts > settings.GRAFT_JOB_MAX_ATTEMPTS:
+        if running and _int8_run_is_live(record):
+            log.info("%s: an int8 quantization is under way; this one waits for it", version)
+        elif attempts > settings.GRAFT_JOB_MAX_ATTEMPTS:
             log.warning("%s: the int8 quantization died on every attempt", version)
             _int8_record_failure(
                 version,
@@ -1119,6 +1126,12 @@ def _int8_claim(*, version_id: int, force: bool) -> ModelVersion | None:
             ModelVersion.objects.filter(pk=version.pk).update(int8=record)
     version.refresh_from_db()
     return version
+
+
+def _int8_run_is_live(record: dict[str, Any]) -> bool:
+    started = _parse_time(record.get("started_at"))
+    stale_before = timezone.now() - timedelta(seconds=settings.GRAFT_HEARTBEAT_TIMEOUT)
+    return started is not None and started > stale_before
 
 
 # A quantization takes seconds to a minute; one marked running for this long lost its worker.

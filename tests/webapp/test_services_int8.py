@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from classifier.errors import ArtifactError, DatasetError
 from tests.factories import make_dataset, make_job, make_project, make_version
@@ -160,6 +162,27 @@ def test_it_tries_again_after_a_worker_died_while_attempts_remain(version, monke
     result = services.model_version_quantize(version_id=version.pk)
 
     assert len(fake.calls) == 1
+    assert result.int8 == int8_record()
+
+
+def test_a_duplicate_while_a_run_is_live_is_not_an_attempt(version, monkeypatch, settings):
+    # Another click's message, while the first run (started moments ago) is still going.
+    settings.GRAFT_JOB_MAX_ATTEMPTS = 3
+    started = (timezone.now() - timedelta(seconds=5)).isoformat()
+    live = {"running": True, "attempts": 3, "started_at": started}
+    ModelVersion.objects.filter(pk=version.pk).update(int8=live)
+    seen = {}
+
+    class Watching(FakeQuantize):
+        def quantize_version(self, version_dir, data_dir, **options):
+            seen["int8"] = ModelVersion.objects.get(pk=version.pk).int8
+            return super().quantize_version(version_dir, data_dir, **options)
+
+    Watching().install(monkeypatch)
+
+    result = services.model_version_quantize(version_id=version.pk)
+
+    assert seen["int8"] == live  # it waited its turn without counting an attempt
     assert result.int8 == int8_record()
 
 
