@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
 
@@ -82,44 +83,79 @@ def test_it_names_graft_port_when_the_port_is_taken_and_starts_nothing(settings,
     assert started == []
 
 
-@pytest.mark.django_db(transaction=True)
-def test_it_gives_runserver_a_bracketed_address_and_prints_a_usable_url_for_ipv6(
-    settings, monkeypatch
-):
-    # GRAFT_HOST=:: made the Procfile run `runserver :::8000`, which runserver refuses.
+@pytest.fixture
+def started(monkeypatch) -> Iterator[list[dict[str, str]]]:
+    """Run graft_run without starting anything: each honcho start records the environment
+    its processes would get; the environment, SIGHUP and the directory are restored."""
     import os
-    import re
     import signal
+
+    import honcho.command
+
+    environ, hangup = dict(os.environ), signal.getsignal(signal.SIGHUP)
+    monkeypatch.chdir(Path.cwd())
+    calls: list[dict[str, str]] = []
+    monkeypatch.setattr(honcho.command, "main", lambda argv: calls.append(dict(os.environ)))
+    yield calls
+    os.environ.clear()
+    os.environ.update(environ)
+    signal.signal(signal.SIGHUP, hangup)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_gives_runserver_a_bracketed_address_and_prints_a_usable_url_for_ipv6(settings, started):
+    # GRAFT_HOST=:: made the Procfile run `runserver :::8000`, which runserver refuses.
+    import re
     import socket
     import string
 
-    import honcho.command
     from django.core.management.commands.runserver import naiveip_re
 
     with socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::1", 0))
         port = probe.getsockname()[1]
     settings.GRAFT_PORT = port
-    environ, hangup = dict(os.environ), signal.getsignal(signal.SIGHUP)
-    monkeypatch.chdir(Path.cwd())
-    started = []
-    monkeypatch.setattr(honcho.command, "main", lambda argv: started.append(dict(os.environ)))
-    try:
-        for host, url in [("::", f"http://localhost:{port}/"), ("::1", f"http://[::1]:{port}/")]:
-            settings.GRAFT_HOST = host
-            out = StringIO()
-            call_command("graft_run", stdout=out)
-            assert url in out.getvalue()
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-        signal.signal(signal.SIGHUP, hangup)
+    for host, url in [("::", f"http://localhost:{port}/"), ("::1", f"http://[::1]:{port}/")]:
+        settings.GRAFT_HOST = host
+        out = StringIO()
+        call_command("graft_run", stdout=out)
+        assert url in out.getvalue()
     procfile = (Path(settings.BASE_DIR) / "Procfile").read_text()
     web = next(line for line in procfile.splitlines() if line.startswith("web:"))
     address = re.search(r'runserver "([^"]+)"', web).group(1)  # as the shell expands it:
     addresses = [string.Template(address).substitute(env) for env in started]
     assert addresses == [f"[::]:{port}", f"[::1]:{port}"]
     assert all(re.match(naiveip_re, address) for address in addresses)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_turns_debug_off_when_other_machines_can_reach_it(settings, started, monkeypatch):
+    # Django's debug pages show settings (CELERY_BROKER_URL with its password, say).
+    monkeypatch.delenv("DEBUG", raising=False)
+    settings.GRAFT_PORT = 0
+    banners = []
+    for host in ("127.0.0.1", "0.0.0.0"):
+        settings.GRAFT_HOST = host
+        out = StringIO()
+        call_command("graft_run", stdout=out)
+        banners.append(out.getvalue())
+
+    assert [env.get("DEBUG") for env in started] == [None, "false"]
+    assert "DEBUG" not in banners[0]
+    assert "DEBUG is off" in banners[1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_an_explicit_debug_on_a_network_address(settings, started, monkeypatch):
+    monkeypatch.setenv("DEBUG", "true")
+    settings.GRAFT_HOST = "0.0.0.0"
+    settings.GRAFT_PORT = 0
+    out = StringIO()
+
+    call_command("graft_run", stdout=out)
+
+    assert started[0]["DEBUG"] == "true"
+    assert "DEBUG is off" not in out.getvalue()
 
 
 def test_the_worker_waits_for_the_embedded_redis_before_it_connects(tmp_path, broker, settings):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import signal
@@ -28,6 +29,16 @@ def _hang_up(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _is_loopback(address: str) -> bool:
+    """Whether only this machine can reach ``address`` (a host name is taken as reachable)."""
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 class Command(BaseCommand):
     help = "Migrate, create the first admin, then run Redis + a Celery worker + the web server."
 
@@ -49,7 +60,10 @@ class Command(BaseCommand):
         processes = ["worker", "web"]
         if settings.USES_EMBEDDED_REDIS:
             processes.insert(0, "redis")
-        self.banner(url, login, processes)
+        # Django's debug pages show settings (a broker URL with its password, say): only
+        # this machine gets them, unless DEBUG is set.
+        debug_off = not _is_loopback(address) and "DEBUG" not in os.environ
+        self.banner(url, login, processes, debug_off=debug_off)
         if no_start:
             return
         try:
@@ -69,6 +83,8 @@ class Command(BaseCommand):
             "GRAFT_BEAT_SCHEDULE": str(settings.VAR_DIR / "celerybeat-schedule"),
             "PYTHONUNBUFFERED": "1",
         }
+        if debug_off:
+            env["DEBUG"] = "false"
         procfile = str(settings.BASE_DIR / "Procfile")
         os.environ.update(env)
         os.chdir(settings.BASE_DIR)
@@ -114,7 +130,7 @@ class Command(BaseCommand):
             f"change it with `.venv/bin/python manage.py changepassword {username}`)."
         )
 
-    def banner(self, url: str, login: str, processes: list[str]) -> None:
+    def banner(self, url: str, login: str, processes: list[str], *, debug_off: bool) -> None:
         broker = "embedded Redis" if settings.USES_EMBEDDED_REDIS else "CELERY_BROKER_URL"
         lines = [
             "",
@@ -127,5 +143,10 @@ class Command(BaseCommand):
             lines[-1:-1] = [
                 "  Other machines must use a host name or address in ALLOWED_HOSTS "
                 f"(now: {', '.join(settings.ALLOWED_HOSTS)}).",
+            ]
+        if debug_off:
+            lines[-1:-1] = [
+                "  DEBUG is off, since other machines can reach this address (Django's debug "
+                "pages show settings); set DEBUG=true to have them anyway.",
             ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
