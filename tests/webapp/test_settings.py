@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import runpy
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ GRAFT_VARS = [
     "LOG_LEVEL",
     "GRAFT_HOST",
     "GRAFT_SECURE_COOKIES",
+    "GRAFT_LOGIN_FAILURE_LIMIT",
+    "GRAFT_LOGIN_COOLOFF_MINUTES",
 ]
 
 
@@ -126,6 +129,16 @@ def test_it_marks_cookies_secure_only_when_asked(load):
     assert (s["SESSION_COOKIE_SECURE"], s["CSRF_COOKIE_SECURE"]) == (True, True)
 
 
+def test_it_locks_out_a_username_and_address_after_failed_logins(load):
+    s = load()
+    assert s["AXES_FAILURE_LIMIT"] == 5
+    assert s["AXES_COOLOFF_TIME"] == timedelta(minutes=15)
+    assert s["AXES_LOCKOUT_PARAMETERS"] == [["username", "ip_address"]]
+    assert s["AUTHENTICATION_BACKENDS"][0] == "axes.backends.AxesStandaloneBackend"
+    s = load(GRAFT_LOGIN_FAILURE_LIMIT="10", GRAFT_LOGIN_COOLOFF_MINUTES="60")
+    assert (s["AXES_FAILURE_LIMIT"], s["AXES_COOLOFF_TIME"]) == (10, timedelta(hours=1))
+
+
 def test_it_takes_the_log_level_in_any_case(load):
     # gunicorn.conf.py lower-cases LOG_LEVEL for gunicorn, so "info" must work here too.
     assert load(LOG_LEVEL="info")["LOGGING"]["root"]["level"] == "INFO"
@@ -144,6 +157,10 @@ def test_it_takes_the_log_level_in_any_case(load):
         ("DATABASE_URL", "mysterydb://nowhere"),
         ("LOG_LEVEL", "verbose"),
         ("CELERY_BROKER_URL", "queue.internal:6379"),
+        ("GRAFT_LOGIN_FAILURE_LIMIT", "five"),
+        ("GRAFT_LOGIN_FAILURE_LIMIT", "0"),
+        ("GRAFT_LOGIN_COOLOFF_MINUTES", "15m"),
+        ("GRAFT_LOGIN_COOLOFF_MINUTES", "0"),
     ],
 )
 def test_it_names_the_variable_with_a_bad_value(load, name, value):
