@@ -359,6 +359,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=GRAFT_LOGIN_COOLOFF_MINUTES)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "webapp.views.accounts.login_locked_out"
+AXES_VERBOSE = False  # no "AXES: BEGIN ..." banner in every process's log
 # Without django-ipware installed, axes takes the address from the connection
 # (REMOTE_ADDR), never from a header a client could forge; behind a proxy that is the
 # proxy's address for everyone (see README, Production serving).
