@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -22,8 +23,26 @@ from webapp.models import (
 )
 
 
+class _DeletedThroughService(admin.ModelAdmin):
+    """An admin whose deletes go through a service (files, audit log), one object at a time:
+    no "Delete selected" action (it would skip the service), and no delete link where the
+    service would refuse. Subclasses say when (``may_delete``) and how (``delete_model``)."""
+
+    def may_delete(self, obj: Any) -> bool:
+        return True
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        allowed = super().has_delete_permission(request, obj)
+        return allowed and (obj is None or self.may_delete(obj))
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(_DeletedThroughService):
     """Deleting a project goes through ``services.project_delete`` (not while an import,
     job or batch of it is under way; its files go too)."""
 
@@ -32,9 +51,8 @@ class ProjectAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created_at"]
 
-    def has_delete_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
-        allowed = super().has_delete_permission(request, obj)
-        return allowed and (obj is None or not selectors.project_delete_refusal(project=obj))
+    def may_delete(self, obj: Project) -> bool:
+        return not selectors.project_delete_refusal(project=obj)
 
     # The slug names the project's folders and URLs (API clients use it): set once.
     def get_readonly_fields(self, request: HttpRequest, obj: Project | None = None) -> list[str]:
@@ -43,11 +61,6 @@ class ProjectAdmin(admin.ModelAdmin):
 
     def get_prepopulated_fields(self, request: HttpRequest, obj: Project | None = None) -> dict:
         return {} if obj else super().get_prepopulated_fields(request, obj)
-
-    def get_actions(self, request: HttpRequest) -> dict:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # it would skip the service (and the files)
-        return actions
 
     def delete_model(self, request: HttpRequest, obj: Project) -> None:
         services.project_delete(project=obj, user=request.user)
@@ -67,7 +80,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(_DeletedThroughService):
     """Deleting a dataset goes through ``services.dataset_delete`` (not while it imports or
     while training history uses it; its files go too)."""
 
@@ -101,14 +114,8 @@ class DatasetAdmin(admin.ModelAdmin):
         "updated_at",
     ]
 
-    def has_delete_permission(self, request: HttpRequest, obj: Dataset | None = None) -> bool:
-        allowed = super().has_delete_permission(request, obj)
-        return allowed and (obj is None or not selectors.dataset_delete_refusal(dataset=obj))
-
-    def get_actions(self, request: HttpRequest) -> dict:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # it would skip the service (and the files)
-        return actions
+    def may_delete(self, obj: Dataset) -> bool:
+        return not selectors.dataset_delete_refusal(dataset=obj)
 
     def delete_model(self, request: HttpRequest, obj: Dataset) -> None:
         services.dataset_delete(dataset=obj, user=request.user)
@@ -173,7 +180,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(_DeletedThroughService):
     """Versions come from training jobs, so none is added here; deleting one goes through
     ``services.model_version_delete`` (never the active one; audited; its files go too)."""
 
@@ -238,14 +245,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def has_activate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("webapp.manage_versions")
 
-    def has_delete_permission(self, request: HttpRequest, obj: ModelVersion | None = None) -> bool:
-        allowed = super().has_delete_permission(request, obj)
-        return allowed and (obj is None or not obj.is_active)
-
-    def get_actions(self, request: HttpRequest) -> dict:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # it would skip the service (audit, files)
-        return actions
+    def may_delete(self, obj: ModelVersion) -> bool:
+        return not obj.is_active
 
     def delete_model(self, request: HttpRequest, obj: ModelVersion) -> None:
         services.model_version_delete(version=obj, user=request.user)
@@ -299,7 +300,7 @@ class PredictionAdmin(admin.ModelAdmin):
 
 
 @admin.register(BatchClassification)
-class BatchClassificationAdmin(admin.ModelAdmin):
+class BatchClassificationAdmin(_DeletedThroughService):
     """Batches come from uploads, so none is added here; deleting one goes through
     ``services.batch_delete`` (finished batches only, and their folders go too)."""
 
@@ -343,16 +344,8 @@ class BatchClassificationAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(
-        self, request: HttpRequest, obj: BatchClassification | None = None
-    ) -> bool:
-        allowed = super().has_delete_permission(request, obj)
-        return allowed and (obj is None or obj.is_finished)
-
-    def get_actions(self, request: HttpRequest) -> dict:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)  # it would skip the service (and the folders)
-        return actions
+    def may_delete(self, obj: BatchClassification) -> bool:
+        return obj.is_finished
 
     def delete_model(self, request: HttpRequest, obj: BatchClassification) -> None:
         services.batch_delete(batch=obj, user=request.user)

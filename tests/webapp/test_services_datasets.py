@@ -179,10 +179,13 @@ def test_it_fails_a_url_import_with_a_clear_message_when_offline(project, data_d
     assert "internet" in dataset.error
 
 
-def test_it_imports_a_tgz_from_a_url(project, data_dir, tmp_path, monkeypatch):
+def _serve_flower_photos_tgz(tmp_path: Path, monkeypatch, *, licence: bool = False) -> None:
+    """Answer the flower_photos URL with a small tgz laid out as TensorFlow's."""
     import tarfile
 
     folder = image_folder(tmp_path / "flower_photos", {"daisy": 2, "roses": 2})
+    if licence:
+        (folder / "LICENSE.txt").write_text("CC-BY")
     archive = tmp_path / "flower_photos.tgz"
     with tarfile.open(archive, "w:gz") as tf:
         tf.add(folder, arcname="flower_photos")
@@ -190,6 +193,10 @@ def test_it_imports_a_tgz_from_a_url(project, data_dir, tmp_path, monkeypatch):
         "urllib.request.urlopen",
         lambda url, timeout: archive.open("rb"),  # noqa: SIM115 - urlopen is used as a context
     )
+
+
+def test_it_imports_a_tgz_from_a_url(project, data_dir, tmp_path, monkeypatch):
+    _serve_flower_photos_tgz(tmp_path, monkeypatch)
     dataset = services.dataset_import_url(project=project, name="flowers", background=False)
     assert dataset.status == Dataset.Status.READY
     assert dataset.class_counts == {"daisy": 2, "roses": 2}
@@ -235,17 +242,7 @@ def test_it_strips_a_wrapping_folder_that_also_holds_a_licence(project, data_dir
 def test_it_imports_the_flower_photos_tgz_with_its_licence(
     project, data_dir, tmp_path, monkeypatch
 ):
-    import tarfile
-
-    folder = image_folder(tmp_path / "flower_photos", {"daisy": 2, "roses": 2})
-    (folder / "LICENSE.txt").write_text("CC-BY")
-    archive = tmp_path / "flower_photos.tgz"
-    with tarfile.open(archive, "w:gz") as tf:
-        tf.add(folder, arcname="flower_photos")
-    monkeypatch.setattr(
-        "urllib.request.urlopen",
-        lambda url, timeout: archive.open("rb"),  # noqa: SIM115 - urlopen is used as a context
-    )
+    _serve_flower_photos_tgz(tmp_path, monkeypatch, licence=True)
     dataset = services.dataset_import_url(project=project, name="flowers", background=False)
     assert dataset.status == Dataset.Status.READY, dataset.error
     assert dataset.class_counts == {"daisy": 2, "roses": 2}
