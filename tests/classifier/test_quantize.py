@@ -83,6 +83,34 @@ def test_an_accepted_int8_model_is_recorded_checksummed_and_served_on_request(
     assert int8.predict(_photos(data)[0])[0]["label"] in {"a", "b", "c"}
 
 
+def test_only_the_first_depthwise_convolution_stays_in_float(version: Path, data: Path) -> None:
+    # MobileNetV2's worst-quantized layer; everything else runs in int8 (see export).
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    quantize_version(version, data, max_accuracy_drop=1.0, calibration_images=10)
+    model = flatbuffer_utils.read_model_from_bytearray(
+        bytearray((version / MODEL_INT8).read_bytes())
+    )
+    graph = model.subgraphs[0]
+    heavy = {
+        schema.BuiltinOperator.CONV_2D: "conv",
+        schema.BuiltinOperator.DEPTHWISE_CONV_2D: "depthwise",
+        schema.BuiltinOperator.FULLY_CONNECTED: "dense",
+    }
+    kinds = []
+    for op in graph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        kind = heavy.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+        if kind is not None:
+            float_op = graph.tensors[op.outputs[0]].type == schema.TensorType.FLOAT32
+            kinds.append((kind, "float32" if float_op else "int8"))
+    first_depthwise = kinds.index(("depthwise", "float32"))
+    assert [k for k in kinds[first_depthwise + 1 :] if k[0] == "depthwise"]  # others follow
+    assert [k for i, k in enumerate(kinds) if k[1] == "float32"] == [("depthwise", "float32")]
+    assert all(kind != "depthwise" for kind, _ in kinds[:first_depthwise])
+
+
 def test_a_damaged_int8_model_is_never_served_but_the_version_still_is(
     version: Path, data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
