@@ -229,6 +229,8 @@ def prepare(version: Path, root: Path = ROOT) -> tuple[Path, dict[str, str], str
         "GRAFT_VAR_DIR": str(tmp / "var"),
         "GRAFT_DATA_DIR": str(tmp / "data"),
         "GRAFT_API_RATE": "off",
+        # float32 unless a design asks for int8 (the default, auto, depends on the CPU)
+        "GRAFT_INT8": "false",
         "DEBUG": "false",
         "SECRET_KEY": "bench-" + uuid.uuid4().hex,
         "LOG_LEVEL": "WARNING",

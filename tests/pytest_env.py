@@ -20,3 +20,6 @@ if "GRAFT_VAR_DIR" not in os.environ:
     os.environ["GRAFT_VAR_DIR"] = str(run_dir)
     atexit.register(shutil.rmtree, run_dir, ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The same answers on every CPU: tests that serve int8 turn it on themselves
+# (GRAFT_INT8's default, auto, depends on the CPU; tests/webapp/test_settings.py).
+os.environ.setdefault("GRAFT_INT8", "false")

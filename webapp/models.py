@@ -479,11 +479,13 @@ class ModelVersion(models.Model):
         """Which model answers for this version, and why, in a few words."""
         if not self.int8_accepted:
             return "float32 (no accepted int8 copy)"
+        auto = getattr(settings, "GRAFT_INT8_AUTO", None)
         if not settings.GRAFT_INT8:
-            return "float32 (GRAFT_INT8 is off)"
+            return f"float32 (GRAFT_INT8 is {f'auto: {auto}' if auto else 'off'})"
         if not self._int8_file_intact():
             return "float32 (the int8 file is missing or damaged; quantize the version again)"
-        return "int8 (GRAFT_INT8 is on and the int8 copy was accepted)"
+        setting = f"GRAFT_INT8 is auto: {auto}," if auto else "GRAFT_INT8 is on"
+        return f"int8 ({setting} and the int8 copy was accepted)"
 
 
 class ActivationEvent(models.Model):

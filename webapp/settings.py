@@ -284,12 +284,28 @@ GRAFT_KEEP_PREDICTION_IMAGES = env_bool("GRAFT_KEEP_PREDICTION_IMAGES", False)
 # Predictions (and finished batch jobs) older than this are deleted (checked hourly, see
 # CELERY_BEAT_SCHEDULE); 0 keeps them.
 GRAFT_PREDICTION_RETENTION_DAYS = env_int("GRAFT_PREDICTION_RETENTION_DAYS", 90, minimum=0)
-# Opt-in int8 serving. On, the worker calibrates a full-integer int8 copy of every new
-# version (``worker.tasks.quantize_version``, on the default queue) and keeps it only when
-# its accuracy on the version's validation photos is at most 0.01 below the float32
-# model's; the web process and batches then classify with the int8 model of a version
-# whose copy was accepted (float32 otherwise). Set it for the web and worker processes alike.
-GRAFT_INT8 = env_bool("GRAFT_INT8", False)
+
+
+# int8 serving: true, false, or auto (the default: on where the CPU has int8 dot-product
+# instructions, the only CPUs where the int8 model is faster; see classifier.cpu). On, the
+# worker calibrates a full-integer int8 copy of every new version
+# (``worker.tasks.quantize_version``, on the default queue) and keeps it only when its
+# accuracy on the version's validation photos is at most 0.01 below the float32 model's;
+# the web process and batches then classify with the int8 model of a version whose copy
+# was accepted (float32 otherwise). GRAFT_INT8_AUTO says why auto chose what it did (None
+# when set explicitly). Web and worker processes on different machines: set it explicitly.
+def _int8_setting() -> tuple[bool, str | None]:
+    if os.environ.get("GRAFT_INT8", "auto").strip().lower() != "auto":
+        return env_bool("GRAFT_INT8", False), None
+    from classifier.cpu import int8_dot_product
+
+    feature = int8_dot_product()
+    if feature is None:
+        return False, "this CPU has no int8 dot-product instructions"
+    return True, f"this CPU has int8 dot products ({feature})"
+
+
+GRAFT_INT8, GRAFT_INT8_AUTO = _int8_setting()
 
 # --- Celery (the job queue; the database row stays the source of truth) -------------
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from classifier.cpu import int8_dot_product
+
 SETTINGS = Path(__file__).resolve().parents[2] / "webapp" / "settings.py"
 GRAFT_VARS = [
     "DATABASE_URL",
@@ -27,6 +29,7 @@ GRAFT_VARS = [
     "GRAFT_SECURE_COOKIES",
     "GRAFT_LOGIN_FAILURE_LIMIT",
     "GRAFT_LOGIN_COOLOFF_MINUTES",
+    "GRAFT_INT8",
 ]
 
 
@@ -145,6 +148,41 @@ def test_it_takes_the_log_level_in_any_case(load):
     assert load(LOG_LEVEL=" Warning ")["LOGGING"]["root"]["level"] == "WARNING"
 
 
+VNNI_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16\n"
+AVX2_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n"
+ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd asimdhp asimddp\n"
+
+
+def test_int8_dot_products_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    monkeypatch.setattr("classifier.cpu.CPUINFO", tmp_path / "missing")  # not Linux
+    assert int8_dot_product() is None
+    assert int8_dot_product(VNNI_CPUINFO) == "avx512_vnni"
+    assert int8_dot_product(ARM_CPUINFO) == "asimddp"
+    assert int8_dot_product(AVX2_CPUINFO) is None
+    assert int8_dot_product("") is None
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "value", "served", "auto"),
+    [
+        (VNNI_CPUINFO, None, True, "this CPU has int8 dot products (avx512_vnni)"),
+        (AVX2_CPUINFO, None, False, "this CPU has no int8 dot-product instructions"),
+        (VNNI_CPUINFO, " Auto ", True, "this CPU has int8 dot products (avx512_vnni)"),
+        (VNNI_CPUINFO, "false", False, None),
+        (AVX2_CPUINFO, "on", True, None),
+    ],
+)
+def test_int8_serving_is_auto_by_default_and_follows_the_cpu(
+    load, monkeypatch, tmp_path, cpuinfo, value, served, auto
+):
+    # Only CPUs with int8 dot products run the int8 model faster (classifier.cpu).
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    monkeypatch.setattr("classifier.cpu.CPUINFO", path)
+    s = load(**({} if value is None else {"GRAFT_INT8": value}))
+    assert (s["GRAFT_INT8"], s["GRAFT_INT8_AUTO"]) == (served, auto)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -161,6 +199,7 @@ def test_it_takes_the_log_level_in_any_case(load):
         ("GRAFT_LOGIN_FAILURE_LIMIT", "0"),
         ("GRAFT_LOGIN_COOLOFF_MINUTES", "15m"),
         ("GRAFT_LOGIN_COOLOFF_MINUTES", "0"),
+        ("GRAFT_INT8", "fast"),
     ],
 )
 def test_it_names_the_variable_with_a_bad_value(load, name, value):

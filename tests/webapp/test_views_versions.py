@@ -140,6 +140,22 @@ def test_it_says_int8_is_off_for_an_accepted_copy(viewer_client, versions, setti
     assert "float32 (GRAFT_INT8 is off)" in content
 
 
+@pytest.mark.parametrize("served", [True, False])
+def test_it_says_what_graft_int8_auto_chose_and_why(viewer_client, versions, settings, served):
+    from tests.int8 import int8_record
+
+    settings.GRAFT_INT8 = served
+    settings.GRAFT_INT8_AUTO = "why auto chose"
+    _record_int8_copy(versions[0], int8_record())
+
+    content = viewer_client.get(versions[0].get_absolute_url()).content.decode()
+
+    if served:
+        assert "int8 (GRAFT_INT8 is auto: why auto chose, and the int8 copy was" in content
+    else:
+        assert "float32 (GRAFT_INT8 is auto: why auto chose)" in content
+
+
 def test_it_shows_why_no_int8_copy_was_made(viewer_client, versions):
     reason = "The version's photos are not in /data."
     ModelVersion.objects.filter(pk=versions[0].pk).update(
