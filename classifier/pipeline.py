@@ -19,6 +19,7 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from classifier.errors import InvalidImageError
+from classifier.errors import DatasetError, InvalidImageError
 from classifier.images import load_image
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -41,12 +42,17 @@ def make_dataset(
     shuffle: bool = False,
     augment: bool = False,
     seed: int = 1337,
+    failures: list[tuple[str, str]] | None = None,
 ) -> tf.data.Dataset:
     """A ``tf.data`` pipeline of ``(float32 pixels (B, S, S, 3), int32 labels (B,))``.
 
     paths -> (shuffle) -> parallel ``load_image`` -> batch -> (augment) -> prefetch.
     ``shuffle`` reshuffles the path list every epoch from ``seed``; ``augment`` applies a
     random horizontal flip and a small rotation and zoom (training only).
+
+    A photo that cannot be read (changed or removed since the dataset was scanned) stops
+    the pipeline with a TensorFlow error; its ``(relative path, reason)`` is first
+    appended to ``failures`` when given, so the caller can say which photo it was.
     """
     root = Path(root)
     paths = [str(root / relpath) for relpath, _ in items]
@@ -54,7 +60,7 @@ def make_dataset(
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.map(_loader(image_size), num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(_loader(image_size, root, failures), num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(batch_size)
     if augment:
         augmenter = make_augmenter(seed)
@@ -62,6 +68,23 @@ def make_dataset(
             lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=AUTOTUNE
         )
     return dataset.prefetch(AUTOTUNE)
+
+
+@contextmanager
+def reading_photos(failures: list[tuple[str, str]]) -> Iterator[None]:
+    """Turn the TensorFlow error raised for a photo that could not be read (recorded in
+    ``failures`` by :func:`make_dataset`) into a DatasetError naming the photo."""
+    try:
+        yield
+    except tf.errors.OpError:
+        if not failures:
+            raise
+        relpath, reason = failures[0]
+        raise DatasetError(
+            f"The photo {relpath} could not be read during training ({reason}): it was "
+            "changed or removed after the job started. Nothing was saved; put it back or "
+            "start a new job, which scans the photos again."
+        ) from None
 
 
 def make_augmenter(seed: int = 1337) -> keras.Sequential:
@@ -76,9 +99,15 @@ def make_augmenter(seed: int = 1337) -> keras.Sequential:
     )
 
 
-def _loader(image_size: int):
+def _loader(image_size: int, root: Path, failures: list[tuple[str, str]] | None):
     def load(path: np.ndarray) -> np.ndarray:
-        return load_image(path.decode(), image_size)
+        try:
+            return load_image(path.decode(), image_size)
+        except (InvalidImageError, OSError) as exc:
+            if failures is not None:  # list.append is atomic: loads run in parallel
+                relpath = os.path.relpath(path.decode(), root)
+                failures.append((relpath, str(exc) or type(exc).__name__))
+            raise
 
     def map_fn(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         pixels = tf.numpy_function(load, [path], tf.uint8, stateful=False)

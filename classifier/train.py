@@ -60,7 +60,7 @@ from classifier.model import (
     trunk_of,
     unfreeze_top,
 )
-from classifier.pipeline import make_dataset
+from classifier.pipeline import make_dataset, reading_photos
 
 Item = tuple[str, int]
 CHECKPOINT_STATE = "checkpoint.json"
@@ -414,6 +414,7 @@ class _Run:
         _compile(model, learning_rate)
         kind = "head" if phase == "training" else "model"
         self._restore_optimizer(model, kind)
+        failures: list[tuple[str, str]] = []
         train_ds = make_dataset(
             self.data_dir,
             self.train_items,
@@ -422,12 +423,14 @@ class _Run:
             shuffle=True,
             augment=config.augment,
             seed=config.seed,
+            failures=failures,
         )
         val_ds = make_dataset(
             self.data_dir,
             self.val_items,
             image_size=config.image_size,
             batch_size=config.batch_size,
+            failures=failures,
         )
         bridge = _Bridge(
             self,
@@ -438,15 +441,16 @@ class _Run:
             set_weights=lambda weights: _set_weights(model, config, kind, weights),
             kind=kind,
         )
-        model.fit(
-            train_ds,
-            epochs=end_epoch,
-            initial_epoch=state["epoch"],
-            validation_data=val_ds,
-            shuffle=False,  # the pipeline shuffles, every epoch
-            callbacks=[bridge],
-            verbose=0,
-        )
+        with reading_photos(failures):
+            model.fit(
+                train_ds,
+                epochs=end_epoch,
+                initial_epoch=state["epoch"],
+                validation_data=val_ds,
+                shuffle=False,  # the pipeline shuffles, every epoch
+                callbacks=[bridge],
+                verbose=0,
+            )
         bridge.finish()
 
     def _evaluate(self, on_features: bool) -> dict[str, Any]:
@@ -457,15 +461,18 @@ class _Run:
             x_val, _ = self._feature_arrays(self.val_items)
             probs = np.asarray(self.head.predict_on_batch(x_val))
         else:
+            failures: list[tuple[str, str]] = []
             dataset = make_dataset(
                 self.data_dir,
                 self.val_items,
                 image_size=self.config.image_size,
                 batch_size=self.config.batch_size,
+                failures=failures,
             )
             # One traced function for the whole set; predict_on_batch per batch was
             # re-traced on every call (~1.5 s each, and its memory piled up).
-            probs = np.asarray(self.model.predict(dataset, verbose=0))
+            with reading_photos(failures):
+                probs = np.asarray(self.model.predict(dataset, verbose=0))
         return evaluate_predictions(
             labels,
             probs,

@@ -122,6 +122,38 @@ def test_it_learns_on_the_streaming_pipeline_with_augmentation_and_fine_tuning(t
     assert not (tmp_path / "cache" / "features").exists()  # never cached with augmentation
 
 
+@pytest.mark.parametrize("change", ["damaged", "removed"])
+def test_a_photo_changed_during_streaming_training_is_named_in_a_dataset_error(
+    tmp_path, dataset, change
+):
+    photos = sorted(p for p in dataset.rglob("*") if p.is_file())
+
+    class ChangesThePhotos(Recorder):
+        def on_epoch(self, epoch, logs):
+            super().on_epoch(epoch, logs)
+            for photo in photos:  # after the first epoch, before the second reads them
+                if change == "damaged":
+                    photo.write_bytes(b"not a photo any more")
+                else:
+                    photo.unlink()
+
+    out = tmp_path / "v1"
+    with pytest.raises(DatasetError) as raised:
+        train(
+            dataset,
+            _config(augment=True),
+            out_dir=out,
+            cache_dir=tmp_path / "cache",
+            callbacks=ChangesThePhotos(),
+        )
+
+    message = str(raised.value)
+    assert "could not be read during training" in message, message
+    assert any(str(photo.relative_to(dataset)) in message for photo in photos), message
+    assert "Traceback" not in message and len(message) < 400
+    assert not out.exists()
+
+
 def test_it_raises_training_cancelled_when_asked_to_stop(tmp_path, dataset, no_litert):
     recorder = Recorder(stop_at_epoch=1)
 
