@@ -6,7 +6,9 @@ JSON; ``predict VERSION_DIR IMAGE... [--int8]`` prints one JSON line per image;
 ``quantize VERSION_DIR DATA_DIR`` adds a checked int8 model to the version and prints its
 record. A refused input (any ``ClassifierError``) prints its message on stderr and exits
 with status 2; a file that cannot be read or written (a cache folder in the way, a full
-disk) prints the system's message and exits with status 1; Ctrl-C exits with status 130.
+disk) prints the system's message and exits with status 1; Ctrl-C exits with status 130,
+SIGTERM (``kill``, a container stopping) with 143, both after removing a half-written
+version folder.
 
 TensorFlow is imported only by ``train`` and ``quantize``; ``evaluate`` and ``predict`` run
 on LiteRT.
@@ -18,7 +20,10 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +33,7 @@ from classifier.errors import ClassifierError
 EXIT_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 DEFAULTS = TrainConfig()
 
 
@@ -35,16 +41,46 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with _sigterm_unwinds():
+            return args.handler(args)
     except (ClassifierError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except _Terminated:
+        print(f"error: terminated.{_resume_hint(args)}", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"error: interrupted.{_resume_hint(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived; raised like Ctrl-C's KeyboardInterrupt so every cleanup runs."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While a command runs, SIGTERM raises instead of ending the process on the spot.
+
+    Python's default for SIGTERM is to die at once, without ``finally`` blocks: a version
+    being exported stayed behind as a hidden ``.<name>.tmp-*`` folder beside ``--out``.
+    The previous handler comes back afterwards (``main`` may run inside another program).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

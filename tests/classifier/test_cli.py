@@ -230,6 +230,36 @@ def test_it_stops_on_ctrl_c_with_status_130_and_says_how_to_resume(tmp_path, mak
     assert not (tmp_path / "v1").exists()
 
 
+def test_sigterm_while_exporting_leaves_no_half_written_version(
+    tmp_path, make_image_folder, monkeypatch, capsys
+):
+    from classifier import export
+    from classifier.cli import main
+
+    data = make_image_folder(tmp_path / "ds", classes={"a": 4, "b": 4})
+    real_write = export._write_bytes
+
+    def write_then_get_killed(path, content):
+        real_write(path, content)
+        if path.name == "labels.json":  # model.keras and model.tflite already written
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(export, "_write_bytes", write_then_get_killed)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "versions" / "v1"
+    out.parent.mkdir()
+
+    status = main(
+        ["train", str(data), "--out", str(out), "--weights", "none", "--image-size", "32",
+         "--head-units", "8", "--batch-size", "4", "--epochs", "1", "--no-cache"]
+    )  # fmt: skip
+
+    assert status == 143
+    assert "error: terminated." in capsys.readouterr().err
+    assert list(out.parent.iterdir()) == []  # neither v1 nor a hidden .v1.tmp-* folder
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_it_names_the_option_when_head_units_are_not_numbers(tmp_path, capsys):
     from classifier.cli import main
 
