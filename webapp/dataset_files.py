@@ -45,6 +45,8 @@ class ImportReport:
 
     written: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # casefolded class name -> the spelling met first: "Roses/" and "roses/" are one class
+    class_spellings: dict[str, str] = field(default_factory=dict)
 
     def reject(self, name: str, reason: str) -> None:
         self.rejected.append((name, reason))
@@ -350,6 +352,7 @@ def _target_for(
     except ImportRefused as exc:
         report.reject(shown, str(exc))
         return None
+    class_name = report.class_spellings.setdefault(class_name.casefold(), class_name)
     if rest.suffix.lower() not in SUPPORTED_SUFFIXES:
         report.reject(shown, "not a JPEG, PNG, BMP, WebP or GIF file; skipped")
         return None

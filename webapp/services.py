@@ -619,14 +619,19 @@ def dataset_add_images(
     files: Iterable[tuple[str, bytes]],
     user: AbstractBaseUser | None = None,
 ) -> dataset_files.ImportReport:
-    """Add photos to one class of a ready dataset (creating the class), then rescan it."""
+    """Add photos to one class of a ready dataset (creating the class), then rescan it.
+
+    A class name that differs from an existing class only in case ("roses" for "Roses")
+    adds to that class, as its folder is spelled, rather than starting a near-duplicate.
+    """
     if dataset.status != Dataset.Status.READY:
         raise ValidationError("Photos can only be added to a ready dataset.")
     try:
         class_name = dataset_files.validate_class_name(class_name)
     except dataset_files.ImportRefused as exc:
         raise ValidationError({"class_name": str(exc)}) from None
-    report = dataset_files.ImportReport()
+    class_name = _class_name_spelled(class_name, dataset.class_names)
+    report = dataset_files.ImportReport(class_spellings={class_name.casefold(): class_name})
     dataset_files.write_uploads(files, dataset.path / class_name, _limits(), report)
     dataset_refresh(dataset=dataset)
     return report

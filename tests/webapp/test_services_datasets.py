@@ -285,6 +285,27 @@ def test_it_reads_accented_class_names_zipped_on_a_mac(project, data_dir, tmp_pa
     assert dataset.class_counts == {"café": 3, "Thé": 2}
 
 
+def test_class_names_that_differ_only_in_case_are_one_class(project, data_dir, tmp_path):
+    # Windows and macOS cannot even hold both folders; a person means one class.
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name in ("Roses/1.jpg", "roses/2.jpg", "ROSES/3.jpg", "tulips/1.jpg"):
+            zf.writestr(name, jpeg_bytes())
+    dataset = import_zip(project, buffer.getvalue(), tmp_path)
+    assert dataset.status == Dataset.Status.READY, dataset.error
+    assert dataset.class_counts == {"Roses": 3, "tulips": 1}
+
+    services.dataset_add_images(
+        dataset=dataset, class_name="ROSES", files=[("4.jpg", jpeg_bytes())]
+    )
+    services.dataset_add_images(
+        dataset=dataset, class_name="Tulips", files=[("2.jpg", jpeg_bytes())]
+    )
+    dataset.refresh_from_db()
+    assert dataset.class_counts == {"Roses": 4, "tulips": 2}
+    assert sorted(p.name for p in dataset.path.iterdir()) == ["Roses", "tulips"]
+
+
 def _zip_of_four(compression: int = zipfile.ZIP_STORED) -> bytearray:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=compression) as zf:

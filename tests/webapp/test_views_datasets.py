@@ -140,6 +140,12 @@ def test_it_creates_an_empty_dataset_and_adds_photos_per_class(trainer_client, p
     assert "Added 2 photo(s) to “roses”" in content
     assert "Refused c.jpg" in content
 
+    more = [SimpleUploadedFile("d.jpg", jpeg_bytes(), content_type="image/jpeg")]
+    response = trainer_client.post(url, {"class_name": "Roses", "files": more}, follow=True)
+    dataset.refresh_from_db()
+    assert dataset.class_counts == {"roses": 3}  # the existing class, not a second one
+    assert "Added 1 photo(s) to “roses”" in response.content.decode()
+
 
 def test_it_refuses_a_photo_over_the_limit_without_reading_it_whole(
     trainer_client, project, data_dir, settings, upload_reads

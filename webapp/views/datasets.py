@@ -205,6 +205,7 @@ def dataset_add_images(request: HttpRequest, slug: str, pk: int) -> HttpResponse
         except ValidationError as exc:
             add_service_errors(form, exc)
         else:
+            class_name = report.class_spellings.get(class_name.casefold(), class_name)
             messages.success(request, f"Added {report.written} photo(s) to “{class_name}”.")
             for name, reason in report.rejected:
                 messages.warning(request, f"Refused {name}: {reason}")
