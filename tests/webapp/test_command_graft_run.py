@@ -27,6 +27,26 @@ def test_it_creates_the_first_admin_once_and_prints_how_to_log_in(monkeypatch):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("int8", "auto", "said"),
+    [
+        (False, None, "Classifying with: float32 (GRAFT_INT8 is off)."),
+        (True, None, "Classifying with: each version's checked int8 copy, float32 until it has "
+         "one (GRAFT_INT8 is on)."),
+        (True, "this CPU has int8 dot products (avx512_vnni)", "(GRAFT_INT8 is auto: this CPU "
+         "has int8 dot products (avx512_vnni))."),
+        (False, "this CPU has no int8 dot-product instructions", "Classifying with: float32 "
+         "(GRAFT_INT8 is auto: this CPU has no int8 dot-product instructions)."),
+    ],
+)  # fmt: skip
+def test_it_says_which_model_classifies_and_why(settings, int8, auto, said):
+    settings.GRAFT_INT8, settings.GRAFT_INT8_AUTO = int8, auto
+    out = StringIO()
+    call_command("graft_run", "--no-start", stdout=out)
+    assert said in out.getvalue()
+
+
+@pytest.mark.django_db
 def test_it_takes_the_admin_credentials_from_the_environment(monkeypatch):
     monkeypatch.setenv("GRAFT_ADMIN_USERNAME", "root")
     monkeypatch.setenv("GRAFT_ADMIN_PASSWORD", "s3cret-enough")

@@ -137,6 +137,7 @@ class Command(BaseCommand):
             f"  Graft is starting at {url}",
             f"  {login}",
             f"  Processes: {', '.join(processes)} (broker: {broker}); Ctrl-C stops them all.",
+            f"  Classifying with: {_precision()}.",
             "",
         ]
         if settings.GRAFT_HOST.strip("[]") in ("0.0.0.0", "::"):
@@ -150,3 +151,16 @@ class Command(BaseCommand):
                 "pages show settings); set DEBUG=true to have them anyway.",
             ]
         self.stdout.write(self.style.SUCCESS("\n".join(lines)))
+
+
+def _precision() -> str:
+    """Which model serves, and why (GRAFT_INT8; its default, auto, depends on the CPU)."""
+    auto = getattr(settings, "GRAFT_INT8_AUTO", None)
+    why = (
+        f"GRAFT_INT8 is auto: {auto}"
+        if auto
+        else f"GRAFT_INT8 is {'on' if settings.GRAFT_INT8 else 'off'}"
+    )
+    if settings.GRAFT_INT8:
+        return f"each version's checked int8 copy, float32 until it has one ({why})"
+    return f"float32 ({why})"
