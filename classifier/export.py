@@ -149,20 +149,8 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def convert_to_tflite(
-    model: keras.Model, *, calibration: Callable[[], Iterator[np.ndarray]] | None = None
-) -> bytes:
-    """Return a TFLite flatbuffer computing ``model(x, training=False)``.
-
-    Float32 by default. With ``calibration`` (a callable returning an iterator over
-    ``(1, S, S, 3)`` float32 0-255 batches of representative photos), the model is
-    quantized to full integer (int8 weights and activations, every builtin op in int8)
-    while its input and output stay float32, so callers feed it the same pixels and read
-    the same probabilities (see ``classifier.quantize``). A quantized model takes one photo
-    per call (a fixed batch of 1; ``LiteRTRunner`` runs larger batches photo by photo): with
-    a dynamic batch and per-channel int8 weights, XNNPACK in ai-edge-litert 1.x aborts the
-    process (``double free``) when it prepares some small models, which no caller could
-    catch; one photo per call is also XNNPACK's fastest way through MobileNetV2.
+def convert_to_tflite(model: keras.Model) -> bytes:
+    """Return a float32 TFLite flatbuffer computing ``model(x, training=False)``.
 
     Works for any single-input Keras 3 model with a known input shape (the whole classifier
     or a bare trunk+pooling feature extractor). The batch dimension stays dynamic, so LiteRT
@@ -173,41 +161,49 @@ def convert_to_tflite(
     freezing its variables into constants converts the same graph, with identical outputs,
     in ~4.5 s; this runs at the end of every training job, so it matters.
     """
-    spec = _input_spec(model, batch=1 if calibration is not None else None)
+    spec = _input_spec(model)
     try:
-        from tensorflow.python.framework.convert_to_constants import (
-            convert_variables_to_constants_v2,
-        )
+        converter = _frozen_converter(model, spec)
     except ImportError:  # A TensorFlow that moved its private API: take the slow, public road.
-        if calibration is not None:
-            raise
         return _convert_via_saved_model(model, spec)
-
-    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if calibration is not None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([batch] for batch in calibration())
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        return _quantize_calibrated(converter)
     return converter.convert()
 
 
-def _quantize_calibrated(converter: tf.lite.TFLiteConverter) -> bytes:
-    """Quantize as the converter would, but leave the first depthwise convolution in float.
+INT8_ALL_LAYERS = "all layers"
+INT8_FIRST_DEPTHWISE_FLOAT = "all but the first depthwise convolution"
 
-    In MobileNetV2 the first depthwise convolution (``expanded_conv_depthwise``, 32
-    channels at 112x112) is by far the worst-quantized layer: ``QuantizationDebugger``
-    measured its int8 error at 1.3 quantization steps (RMSE / scale), against 0.4-0.8 for
-    the next worst. Keeping it alone in float (its input dequantized, its output quantized
-    again) brought the cosine similarity of the pooled features to the float32 model's
-    from 0.974 to 0.987 and the top-1 agreement on a version's validation photos from 0.968
-    to 0.984, at no measurable cost in speed (1.8 ms per photo either way on a VNNI CPU).
-    This is the converter's own two steps (calibrate, then ``mlir_quantize``) with a deny
-    list; a TensorFlow without them quantizes every layer.
+
+def quantize_to_int8(
+    model: keras.Model, calibration: Callable[[], Iterator[np.ndarray]]
+) -> dict[str, bytes]:
+    """Full-integer copies of ``model``, calibrated once on ``calibration``'s photos.
+
+    ``calibration`` returns an iterator over ``(1, S, S, 3)`` float32 0-255 batches of
+    representative photos. Weights and activations become int8 while input and output stay
+    float32, so callers feed the same pixels and read the same probabilities (see
+    ``classifier.quantize``, which keeps whichever copy agrees best with float32).
+
+    Two copies, by which layers are quantized (the keys): :data:`INT8_ALL_LAYERS`, and
+    :data:`INT8_FIRST_DEPTHWISE_FLOAT`, which leaves MobileNetV2's first depthwise
+    convolution (32 channels at half the input size) in float32, its input dequantized and
+    its output quantized again. That layer is the trunk's worst quantized by far
+    (``QuantizationDebugger``: 1.3 quantization steps RMSE against 0.4-0.8 for the next
+    worst, alpha 1.0 @224). Keeping it in float32 raised top-1 agreement with float32 on
+    five alpha 1.0 @224 versions from 0.947-0.970 to 0.966-0.984, at no measurable cost in
+    speed, but lowered it on an alpha 0.35 @128 one (0.944 to 0.921): hence both, and a
+    choice on each version's own photos. Only the first copy is made where TensorFlow lacks
+    the converter's two-step API (calibrate, then ``mlir_quantize`` with a deny list).
+
+    A quantized model takes one photo per call (a fixed batch of 1; ``LiteRTRunner`` runs
+    larger batches photo by photo): with a dynamic batch and per-channel int8 weights,
+    XNNPACK in ai-edge-litert 1.x aborts the process (``double free``) when it prepares
+    some small models, which no caller could catch; one photo per call is also XNNPACK's
+    fastest way through MobileNetV2.
     """
+    converter = _frozen_converter(model, _input_spec(model, batch=1))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([batch] for batch in calibration())
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         from tensorflow.lite.python import schema_py_generated as schema
         from tensorflow.lite.python.convert import mlir_quantize
@@ -215,25 +211,49 @@ def _quantize_calibrated(converter: tf.lite.TFLiteConverter) -> bytes:
 
         converter._experimental_calibrate_only = True  # noqa: SLF001 - see above
     except (ImportError, AttributeError):
-        return converter.convert()
+        return {INT8_ALL_LAYERS: converter.convert()}
     calibrated = converter.convert()
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
+
+    def quantize(keep_float: list[str]) -> bytes:
+        return mlir_quantize(
+            calibrated,
+            converter._experimental_disable_per_channel,  # noqa: SLF001
+            input_data_type=tf.float32,
+            output_data_type=tf.float32,
+            denylisted_nodes=keep_float,
+        )
+
+    copies = {INT8_ALL_LAYERS: quantize([])}
+    calibrated_model = flatbuffer_utils.read_model_from_bytearray(bytearray(calibrated))
     wanted = schema.BuiltinOperator.DEPTHWISE_CONV_2D
     depthwise = {
         index
-        for index, code in enumerate(model.operatorCodes)
+        for index, code in enumerate(calibrated_model.operatorCodes)
         if max(code.builtinCode, code.deprecatedBuiltinCode) == wanted
     }
-    graph = model.subgraphs[0]
+    graph = calibrated_model.subgraphs[0]
     first = next((op for op in graph.operators if op.opcodeIndex in depthwise), None)
-    keep_float = [] if first is None else [graph.tensors[first.outputs[0]].name.decode()]
-    return mlir_quantize(
-        calibrated,
-        converter._experimental_disable_per_channel,  # noqa: SLF001
-        input_data_type=tf.float32,
-        output_data_type=tf.float32,
-        denylisted_nodes=keep_float,
+    if first is not None:
+        name = graph.tensors[first.outputs[0]].name.decode()
+        copies[INT8_FIRST_DEPTHWISE_FLOAT] = quantize([name])
+    return copies
+
+
+def _frozen_converter(model: keras.Model, spec: tf.TensorSpec) -> tf.lite.TFLiteConverter:
+    """A builtin-ops converter for ``model`` traced once, its variables frozen to constants.
+
+    Raises:
+        ImportError: this TensorFlow moved the private freezing API.
+    """
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
     )
+
+    function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    frozen = convert_variables_to_constants_v2(function.get_concrete_function())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    return converter
 
 
 def graft_tflite(trunk_tflite: bytes, head: keras.Model) -> bytes:

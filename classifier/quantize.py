@@ -4,8 +4,11 @@ Full-integer post-training quantization (int8 weights and activations, float32 i
 output) makes MobileNetV2 about 1.5-2x faster per photo under LiteRT/XNNPACK on CPUs with
 int8 dot products, and the model file 2x smaller. It may also change answers, so it is
 never silent: :func:`quantize_version` calibrates the activation ranges on a seeded sample
-of the version's training photos, then classifies its validation photos with both models
-and records float32 and int8 accuracy and their top-1 agreement in ``metadata.json``
+of the version's training photos, makes the int8 copies of ``export.quantize_to_int8`` (all
+layers quantized, or all but the first depthwise convolution), classifies the version's
+validation photos with each and with float32, keeps the copy whose answers agree most
+with float32's, and records float32 and int8 accuracy, their top-1 agreement, which layers
+are int8 (``int8_layers``) and every copy's figures (``candidates``) in ``metadata.json``
 (``int8``). The int8 model is written (``model.int8.tflite``, with its checksum) only when
 its accuracy is within ``max_accuracy_drop`` of the float32 model's; serving uses it only
 when asked to (``Predictor.load(prefer_int8=True)``) and the record says it was accepted.
@@ -71,7 +74,9 @@ def quantize_version(
 
     Returns the record stored under ``metadata.json`` ``int8``: ``accepted``, ``file``
     (``model.int8.tflite`` or None), ``float32_accuracy``, ``int8_accuracy``,
-    ``agreement`` (share of photos with the same top-1 class), ``calibration_images``,
+    ``agreement`` (share of photos with the same top-1 class), ``int8_layers`` (which of
+    ``export.quantize_to_int8``'s copies was kept), ``candidates`` (each copy's
+    ``layers``, ``int8_accuracy`` and ``agreement``, or its ``failure``), ``calibration_images``,
     ``validation_images``, ``skipped_images``, ``max_accuracy_drop``, ``sha256`` and
     ``bytes`` of the int8 file when accepted, ``seconds``, ``created_at`` and ``reason``
     (a sentence saying why it was or was not accepted). A version that already has a
@@ -101,9 +106,10 @@ def quantize_version(
                 f"{'training' if not calibration_pixels else 'validation'} photos could be "
                 f"read from {data_dir}; quantization needs the photos it was trained on."
             )
-        content = _convert(version_dir, [pixels for pixels, _ in calibration_pixels])
+        copies = _convert(version_dir, [pixels for pixels, _ in calibration_pixels])
+        content, measured = _measure(copies, float_predictor, validation_pixels, max_accuracy_drop)
         record = {
-            **_measure(content, float_predictor, validation_pixels, max_accuracy_drop),
+            **measured,
             "calibration_images": len(calibration_pixels),
             "validation_images": len(validation_pixels),
             "skipped_images": len(skipped),
@@ -129,36 +135,59 @@ def quantize_version(
 
 
 def _measure(
-    content: bytes,
+    copies: dict[str, bytes],
     float_predictor: Predictor,
     validation: list[tuple[np.ndarray, int]],
     max_accuracy_drop: float,
-) -> dict[str, Any]:
-    """Both models' accuracy on the validation photos, their agreement, and the verdict."""
+) -> tuple[bytes, dict[str, Any]]:
+    """Run every int8 copy on the validation photos, keep the one that agrees best with
+    float32 (then the more accurate, then the first), and judge it: (its bytes, record)."""
     batch = np.stack([pixels for pixels, _ in validation])
     truth = np.array([label for _, label in validation])
     float_top = np.argmax(_run(float_predictor.predict_array, batch), axis=1)
     float_accuracy = float(np.mean(float_top == truth))
-    int8_probs, failure = _run_in_child(content, batch)
-    if int8_probs is None:
-        return {
+    candidates: list[dict[str, Any]] = []
+    failures: list[str] = []
+    best: tuple[float, float, int] | None = None
+    chosen = b""
+    for order, (layers, content) in enumerate(copies.items()):
+        int8_probs, failure = _run_in_child(content, batch)
+        if int8_probs is None:
+            failures.append(failure)
+            candidates.append({"layers": layers, "failure": failure})
+            continue
+        int8_top = np.argmax(int8_probs, axis=1)
+        measured = {
+            "layers": layers,
+            "int8_accuracy": float(np.mean(int8_top == truth)),
+            "agreement": float(np.mean(float_top == int8_top)),
+        }
+        candidates.append(measured)
+        rank = (measured["agreement"], measured["int8_accuracy"], -order)
+        if best is None or rank > best:
+            best, chosen = rank, content
+    if best is None:
+        return b"", {
             "accepted": False,
             "file": None,
             "float32_accuracy": float_accuracy,
             "int8_accuracy": None,
             "agreement": None,
-            "reason": f"Not accepted: LiteRT could not run the int8 model ({failure}); the "
+            "int8_layers": None,
+            "candidates": candidates,
+            "reason": f"Not accepted: LiteRT could not run the int8 model ({failures[0]}); the "
             "float32 model keeps serving.",
         }
-    int8_top = np.argmax(int8_probs, axis=1)
-    int8_accuracy = float(np.mean(int8_top == truth))
+    agreement, int8_accuracy, negated_order = best
     accepted = int8_accuracy >= float_accuracy - max_accuracy_drop - 1e-12
-    return {
+    return chosen, {
         "accepted": bool(accepted),
         "file": MODEL_INT8 if accepted else None,
         "float32_accuracy": float_accuracy,
         "int8_accuracy": int8_accuracy,
-        "agreement": float(np.mean(float_top == int8_top)),
+        "agreement": agreement,
+        "int8_layers": list(copies)[-negated_order],
+        "candidates": candidates,
         "reason": _reason(accepted, float_accuracy, int8_accuracy, max_accuracy_drop),
     }
 
@@ -196,10 +225,10 @@ def _load_all(
     return loaded
 
 
-def _convert(version_dir: Path, calibration: list[np.ndarray]) -> bytes:
+def _convert(version_dir: Path, calibration: list[np.ndarray]) -> dict[str, bytes]:
     import keras
 
-    from classifier.export import convert_to_tflite
+    from classifier.export import quantize_to_int8
 
     try:
         model = keras.saving.load_model(version_dir / MODEL_KERAS, compile=False)
@@ -213,7 +242,7 @@ def _convert(version_dir: Path, calibration: list[np.ndarray]) -> bytes:
     with warnings.catch_warnings():
         # The converter wants input statistics for a quantized input; ours stays float32.
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return convert_to_tflite(model, calibration=photos)
+        return quantize_to_int8(model, photos)
 
 
 def _run(predict: Any, batch: np.ndarray) -> np.ndarray:

@@ -27,6 +27,15 @@ def int8_record(*, accepted: bool = True, **fields: Any) -> dict[str, Any]:
         "float32_accuracy": 0.9,
         "int8_accuracy": 0.895 if accepted else 0.85,
         "agreement": 0.98 if accepted else 0.9,
+        "int8_layers": "all but the first depthwise convolution",
+        "candidates": [
+            {"layers": "all layers", "int8_accuracy": 0.89, "agreement": 0.97},
+            {
+                "layers": "all but the first depthwise convolution",
+                "int8_accuracy": 0.895 if accepted else 0.85,
+                "agreement": 0.98 if accepted else 0.9,
+            },
+        ],
         "calibration_images": 100,
         "validation_images": 60,
         "max_accuracy_drop": 0.01,

@@ -83,15 +83,12 @@ def test_an_accepted_int8_model_is_recorded_checksummed_and_served_on_request(
     assert int8.predict(_photos(data)[0])[0]["label"] in {"a", "b", "c"}
 
 
-def test_only_the_first_depthwise_convolution_stays_in_float(version: Path, data: Path) -> None:
-    # MobileNetV2's worst-quantized layer; everything else runs in int8 (see export).
+def _heavy_ops(content: bytes) -> list[tuple[str, str]]:
+    """(conv / depthwise / dense, float32 / int8) of each heavy operator, in graph order."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    quantize_version(version, data, max_accuracy_drop=1.0, calibration_images=10)
-    model = flatbuffer_utils.read_model_from_bytearray(
-        bytearray((version / MODEL_INT8).read_bytes())
-    )
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
     graph = model.subgraphs[0]
     heavy = {
         schema.BuiltinOperator.CONV_2D: "conv",
@@ -105,10 +102,53 @@ def test_only_the_first_depthwise_convolution_stays_in_float(version: Path, data
         if kind is not None:
             float_op = graph.tensors[op.outputs[0]].type == schema.TensorType.FLOAT32
             kinds.append((kind, "float32" if float_op else "int8"))
-    first_depthwise = kinds.index(("depthwise", "float32"))
-    assert [k for k in kinds[first_depthwise + 1 :] if k[0] == "depthwise"]  # others follow
-    assert [k for i, k in enumerate(kinds) if k[1] == "float32"] == [("depthwise", "float32")]
-    assert all(kind != "depthwise" for kind, _ in kinds[:first_depthwise])
+    return kinds
+
+
+def test_it_makes_an_all_int8_copy_and_one_with_the_first_depthwise_in_float(
+    version: Path, data: Path
+) -> None:
+    from classifier.export import INT8_ALL_LAYERS, INT8_FIRST_DEPTHWISE_FLOAT
+
+    predictor = Predictor.load(version)
+    photos = [predictor.load_pixels(p) for p in _photos(data)[:10]]
+    copies = quantize_module._convert(version, photos)
+
+    assert list(copies) == [INT8_ALL_LAYERS, INT8_FIRST_DEPTHWISE_FLOAT]
+    all_int8 = _heavy_ops(copies[INT8_ALL_LAYERS])
+    assert {precision for _, precision in all_int8} == {"int8"}
+    kinds = _heavy_ops(copies[INT8_FIRST_DEPTHWISE_FLOAT])
+    assert [kind for kind, _ in kinds] == [kind for kind, _ in all_int8]
+    first_depthwise = [kind for kind, _ in kinds].index("depthwise")
+    assert [i for i, (_, p) in enumerate(kinds) if p == "float32"] == [first_depthwise]
+
+
+@pytest.mark.parametrize("better", [0, 1])
+def test_it_keeps_the_copy_that_agrees_best_with_float32(
+    version: Path, data: Path, monkeypatch: pytest.MonkeyPatch, better: int
+) -> None:
+    float_predictor = Predictor.load(version)
+    real_run = quantize_module._run_in_child
+    runs: list[bytes] = []
+
+    def one_copy_disagrees_on_every_photo(content: bytes, batch: np.ndarray):
+        runs.append(content)
+        probs, failure = real_run(content, batch)
+        if len(runs) - 1 != better:  # the other copy answers the float32 runner-up class
+            float_probs = float_predictor.predict_array(batch)
+            probs = np.zeros_like(float_probs)
+            probs[np.arange(len(batch)), np.argsort(float_probs, axis=1)[:, -2]] = 1.0
+        return probs, failure
+
+    monkeypatch.setattr(quantize_module, "_run_in_child", one_copy_disagrees_on_every_photo)
+
+    record = quantize_version(version, data, max_accuracy_drop=1.0, calibration_images=10)
+
+    assert len(runs) == 2 and record["accepted"] is True
+    assert (version / MODEL_INT8).read_bytes() == runs[better]
+    assert record["int8_layers"] == record["candidates"][better]["layers"]
+    assert record["agreement"] == record["candidates"][better]["agreement"] > 0
+    assert record["candidates"][1 - better]["agreement"] == 0.0
 
 
 def test_a_damaged_int8_model_is_never_served_but_the_version_still_is(

@@ -91,6 +91,8 @@ def test_it_shows_the_int8_record_and_whether_it_is_served(viewer_client, versio
     assert "drop 0.005, allowed 0.010" in content
     assert "0.980" in content  # top-1 agreement
     assert "100 for calibration, 60 for validation" in content
+    assert "<th>In int8</th><td>all but the first depthwise convolution" in content
+    assert "all layers 0.970; all but the first depthwise convolution 0.980)" in content
     assert "int8 accuracy is within 0.01 of float32." in content
     assert "int8 (GRAFT_INT8 is on and the int8 copy was accepted)" in content
     assert reverse("version_download", args=["pets", 1, "model.int8.tflite"]) in content
