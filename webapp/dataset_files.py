@@ -47,6 +47,8 @@ class ImportReport:
     rejected: list[tuple[str, str]] = field(default_factory=list)
     # casefolded class name -> the spelling met first: "Roses/" and "roses/" are one class
     class_spellings: dict[str, str] = field(default_factory=dict)
+    # the files write_uploads wrote, so a caller can take them back
+    paths: list[Path] = field(default_factory=list)
 
     def reject(self, name: str, reason: str) -> None:
         self.rejected.append((name, reason))
@@ -327,6 +329,7 @@ def write_uploads(
         target = _unique(class_dir / _clean_filename(base))
         target.write_bytes(content)
         report.written += 1
+        report.paths.append(target)
 
 
 def remove_files(root: Path, relpaths: Iterable[str]) -> None:

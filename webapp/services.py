@@ -633,8 +633,29 @@ def dataset_add_images(
     class_name = _class_name_spelled(class_name, dataset.class_names)
     report = dataset_files.ImportReport(class_spellings={class_name.casefold(): class_name})
     dataset_files.write_uploads(files, dataset.path / class_name, _limits(), report)
-    dataset_refresh(dataset=dataset)
+    with transaction.atomic():
+        # Judged again, locked, once the photos are on disk (not while they are written, so
+        # a long upload never holds the database): a delete that went first, and may have
+        # removed the folder meanwhile, would leave them orphaned, so they go too and the
+        # upload is refused; a delete that comes later removes them with the rest.
+        if not Dataset.objects.select_for_update().filter(pk=dataset.pk).exists():
+            _added_photos_remove(dataset, report.paths)
+            raise ValidationError(f"Dataset “{dataset.name}” was deleted meanwhile.")
+    try:
+        dataset_refresh(dataset=dataset)
+    except Dataset.DoesNotExist:  # deleted after the check: its delete removes the photos
+        raise ValidationError(f"Dataset “{dataset.name}” was deleted meanwhile.") from None
     return report
+
+
+def _added_photos_remove(dataset: Dataset, paths: list[Path]) -> None:
+    """Take back photos written into a dataset deleted meanwhile: the whole folder when
+    no other dataset names it (the delete may have run before they were written)."""
+    if Dataset.objects.filter(directory=dataset.directory).exists():
+        for path in paths:
+            path.unlink(missing_ok=True)
+    else:
+        _dataset_files_remove(Dataset(pk=dataset.pk, directory=dataset.directory))
 
 
 def dataset_refresh(*, dataset: Dataset) -> Dataset:

@@ -306,6 +306,35 @@ def test_class_names_that_differ_only_in_case_are_one_class(project, data_dir, t
     assert sorted(p.name for p in dataset.path.iterdir()) == ["Roses", "tulips"]
 
 
+@pytest.mark.parametrize("when", ["before the photos are written", "while they are written"])
+def test_photos_added_while_the_dataset_is_deleted_leave_nothing_behind(
+    project, data_dir, monkeypatch, when, django_capture_on_commit_callbacks
+):
+    dataset = services.dataset_create_empty(project=project, name="manual")
+    services.dataset_add_images(dataset=dataset, class_name="red", files=[("r.jpg", jpeg_bytes())])
+    folder = dataset.path
+    real_write = services.dataset_files.write_uploads
+
+    def deleted_meanwhile(files, class_dir, limits, report):
+        files = iter(files)
+        if when == "while they are written":
+            real_write([next(files)], class_dir, limits, report)
+        with django_capture_on_commit_callbacks(execute=True):  # as if it had committed
+            services.dataset_delete(dataset=Dataset.objects.get(pk=dataset.pk))
+        assert not folder.exists()
+        real_write(files, class_dir, limits, report)  # recreates the folder
+
+    monkeypatch.setattr(services.dataset_files, "write_uploads", deleted_meanwhile)
+
+    with pytest.raises(ValidationError, match="was deleted meanwhile"):
+        services.dataset_add_images(
+            dataset=dataset, class_name="blue", files=[("b1.jpg", jpeg_bytes())] * 2
+        )
+
+    assert not Dataset.objects.exists()
+    assert not folder.exists()
+
+
 def _zip_of_four(compression: int = zipfile.ZIP_STORED) -> bytearray:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=compression) as zf:
