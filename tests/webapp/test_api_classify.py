@@ -167,6 +167,48 @@ def test_it_limits_requests_per_token(served_project, viewer, trainer, monkeypat
     assert other.status_code == 200
 
 
+def test_it_refuses_an_address_that_sends_too_many_wrong_tokens(
+    served_project, viewer, monkeypatch, django_assert_max_num_queries
+):
+    from django.core.cache import cache
+    from rest_framework.test import APIClient
+
+    from webapp.api.throttling import FailedTokenThrottle
+
+    cache.clear()
+    monkeypatch.setattr(FailedTokenThrottle, "rate", "3/minute")
+    guesser = APIClient(REMOTE_ADDR="203.0.113.7")
+    guesser.credentials(HTTP_AUTHORIZATION="Token " + "0" * 40)
+    right_token_same_address = token_client(viewer)
+    right_token_same_address.defaults["REMOTE_ADDR"] = "203.0.113.7"
+    elsewhere = token_client(viewer)
+
+    codes = [guesser.get("/api/v1/projects").status_code for _ in range(3)]
+    with django_assert_max_num_queries(0):  # refused before the token lookup
+        refused = guesser.get("/api/v1/projects")
+    also_refused = right_token_same_address.get("/api/v1/projects")
+
+    assert codes == [401, 401, 401]
+    assert refused.status_code == 429 and also_refused.status_code == 429
+    assert refused.json()["code"] == "throttled"
+    assert "Too many wrong API tokens" in refused.json()["detail"]
+    assert 0 < int(refused["Retry-After"]) <= 60
+    assert elsewhere.get("/api/v1/projects").status_code == 200
+    cache.clear()
+
+
+def test_a_right_token_does_not_count_as_a_failure(served_project, viewer, monkeypatch):
+    from django.core.cache import cache
+
+    from webapp.api.throttling import FailedTokenThrottle
+
+    cache.clear()
+    monkeypatch.setattr(FailedTokenThrottle, "rate", "2/minute")
+    client = token_client(viewer)
+
+    assert [client.get("/api/v1/projects").status_code for _ in range(4)] == [200] * 4
+
+
 def test_it_switches_to_a_newly_activated_version_on_the_next_request(
     served_project, viewer_api, manager_api
 ):
