@@ -43,7 +43,7 @@ class TokenRateThrottle(SimpleRateThrottle):
 
 
 class FailedTokenThrottle(SimpleRateThrottle):
-    """Counts wrong API tokens per client address (``FAILED_TOKEN_RATE``).
+    """Counts wrong API tokens per client address (at most ``rate`` within its window).
 
     DRF authenticates before it throttles, so ``TokenRateThrottle`` never sees a request
     whose token is wrong: without this, anyone could send wrong tokens as fast as the
