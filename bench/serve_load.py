@@ -359,12 +359,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}",
         flush=True,
     )
-    designs = [("graft (gunicorn + LiteRT + API)", "webapp.wsgi:application", args.duration, {})]
+    designs = [("graft, float32 (GRAFT_INT8=false)", "webapp.wsgi:application", args.duration, {})]
     described_int8 = int8_line(meta)
     print(described_int8 or "int8 model: none (run `python -m classifier quantize` on the version)")
     if described_int8 and meta["int8"].get("accepted"):
         designs.append(
-            ("graft, int8 model (GRAFT_INT8=on)", "webapp.wsgi:application", args.duration,
+            ("graft, int8 (GRAFT_INT8=true)", "webapp.wsgi:application", args.duration,
              {"GRAFT_INT8": "true"})
         )  # fmt: skip
     naive = args.naive_duration
