@@ -32,6 +32,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -147,13 +148,11 @@ def _measure(
     float_top = np.argmax(_run(float_predictor.predict_array, batch), axis=1)
     float_accuracy = float(np.mean(float_top == truth))
     candidates: list[dict[str, Any]] = []
-    failures: list[str] = []
-    best: tuple[float, float, int] | None = None
+    best: dict[str, Any] | None = None
     chosen = b""
-    for order, (layers, content) in enumerate(copies.items()):
+    for layers, content in copies.items():
         int8_probs, failure = _run_in_child(content, batch)
         if int8_probs is None:
-            failures.append(failure)
             candidates.append({"layers": layers, "failure": failure})
             continue
         int8_top = np.argmax(int8_probs, axis=1)
@@ -163,9 +162,8 @@ def _measure(
             "agreement": float(np.mean(float_top == int8_top)),
         }
         candidates.append(measured)
-        rank = (measured["agreement"], measured["int8_accuracy"], -order)
-        if best is None or rank > best:
-            best, chosen = rank, content
+        if best is None or _rank(measured) > _rank(best):  # a tie keeps the earlier copy
+            best, chosen = measured, content
     if best is None:
         return b"", {
             "accepted": False,
@@ -175,21 +173,24 @@ def _measure(
             "agreement": None,
             "int8_layers": None,
             "candidates": candidates,
-            "reason": f"Not accepted: LiteRT could not run the int8 model ({failures[0]}); the "
-            "float32 model keeps serving.",
+            "reason": f"Not accepted: LiteRT could not run the int8 model "
+            f"({candidates[0]['failure']}); the float32 model keeps serving.",
         }
-    agreement, int8_accuracy, negated_order = best
+    int8_accuracy = best["int8_accuracy"]
     accepted = int8_accuracy >= float_accuracy - max_accuracy_drop - 1e-12
     return chosen, {
         "accepted": bool(accepted),
         "file": MODEL_INT8 if accepted else None,
         "float32_accuracy": float_accuracy,
         "int8_accuracy": int8_accuracy,
-        "agreement": agreement,
-        "int8_layers": list(copies)[-negated_order],
+        "agreement": best["agreement"],
+        "int8_layers": best["layers"],
         "candidates": candidates,
         "reason": _reason(accepted, float_accuracy, int8_accuracy, max_accuracy_drop),
     }
+
+
+_rank = itemgetter("agreement", "int8_accuracy")
 
 
 def _choose_photos(

@@ -479,13 +479,20 @@ class ModelVersion(models.Model):
         """Which model answers for this version, and why, in a few words."""
         if not self.int8_accepted:
             return "float32 (no accepted int8 copy)"
-        auto = getattr(settings, "GRAFT_INT8_AUTO", None)
         if not settings.GRAFT_INT8:
-            return f"float32 (GRAFT_INT8 is {f'auto: {auto}' if auto else 'off'})"
+            return f"float32 ({int8_setting_said()})"
         if not self._int8_file_intact():
             return "float32 (the int8 file is missing or damaged; quantize the version again)"
-        setting = f"GRAFT_INT8 is auto: {auto}," if auto else "GRAFT_INT8 is on"
-        return f"int8 ({setting} and the int8 copy was accepted)"
+        comma = "," if settings.GRAFT_INT8_AUTO else ""
+        return f"int8 ({int8_setting_said()}{comma} and the int8 copy was accepted)"
+
+
+def int8_setting_said() -> str:
+    """``GRAFT_INT8`` and, for ``auto``, what decided it: "GRAFT_INT8 is on", "... is off"
+    or "... is auto: this CPU has int8 dot products (avx512_vnni)"."""
+    if settings.GRAFT_INT8_AUTO:
+        return f"GRAFT_INT8 is auto: {settings.GRAFT_INT8_AUTO}"
+    return f"GRAFT_INT8 is {'on' if settings.GRAFT_INT8 else 'off'}"
 
 
 class ActivationEvent(models.Model):

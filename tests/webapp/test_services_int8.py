@@ -165,12 +165,9 @@ def test_it_tries_again_after_a_worker_died_while_attempts_remain(version, monke
     assert result.int8 == int8_record()
 
 
-def test_a_duplicate_while_a_run_is_live_is_not_an_attempt(version, monkeypatch, settings):
-    # Another click's message, while the first run (started moments ago) is still going.
-    settings.GRAFT_JOB_MAX_ATTEMPTS = 3
-    started = (timezone.now() - timedelta(seconds=5)).isoformat()
-    live = {"running": True, "attempts": 3, "started_at": started}
-    ModelVersion.objects.filter(pk=version.pk).update(int8=live)
+def _int8_seen_when_quantizing_starts(version, monkeypatch) -> dict:
+    """Install a fake quantizer that records the version's ``int8`` field (in
+    ``["int8"]`` of the returned dict) as the classifier is called."""
     seen = {}
 
     class Watching(FakeQuantize):
@@ -179,6 +176,16 @@ def test_a_duplicate_while_a_run_is_live_is_not_an_attempt(version, monkeypatch,
             return super().quantize_version(version_dir, data_dir, **options)
 
     Watching().install(monkeypatch)
+    return seen
+
+
+def test_a_duplicate_while_a_run_is_live_is_not_an_attempt(version, monkeypatch, settings):
+    # Another click's message, while the first run (started moments ago) is still going.
+    settings.GRAFT_JOB_MAX_ATTEMPTS = 3
+    started = (timezone.now() - timedelta(seconds=5)).isoformat()
+    live = {"running": True, "attempts": 3, "started_at": started}
+    ModelVersion.objects.filter(pk=version.pk).update(int8=live)
+    seen = _int8_seen_when_quantizing_starts(version, monkeypatch)
 
     result = services.model_version_quantize(version_id=version.pk)
 
@@ -187,14 +194,7 @@ def test_a_duplicate_while_a_run_is_live_is_not_an_attempt(version, monkeypatch,
 
 
 def test_it_marks_the_version_while_it_runs(version, monkeypatch):
-    seen = {}
-
-    class Watching(FakeQuantize):
-        def quantize_version(self, version_dir, data_dir, **options):
-            seen["int8"] = ModelVersion.objects.get(pk=version.pk).int8
-            return super().quantize_version(version_dir, data_dir, **options)
-
-    Watching().install(monkeypatch)
+    seen = _int8_seen_when_quantizing_starts(version, monkeypatch)
 
     services.model_version_quantize(version_id=version.pk)
 

@@ -18,6 +18,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
+from webapp.models import int8_setting_said
+
 
 def _hang_up(signum: int, frame: object) -> None:
     """A closed terminal or a dropped SSH session sends SIGHUP, which honcho does not handle:
@@ -155,12 +157,6 @@ class Command(BaseCommand):
 
 def _precision() -> str:
     """Which model serves, and why (GRAFT_INT8; its default, auto, depends on the CPU)."""
-    auto = getattr(settings, "GRAFT_INT8_AUTO", None)
-    why = (
-        f"GRAFT_INT8 is auto: {auto}"
-        if auto
-        else f"GRAFT_INT8 is {'on' if settings.GRAFT_INT8 else 'off'}"
-    )
     if settings.GRAFT_INT8:
-        return f"each version's checked int8 copy, float32 until it has one ({why})"
-    return f"float32 ({why})"
+        return f"each version's checked int8 copy, float32 until it has one ({int8_setting_said()})"
+    return f"float32 ({int8_setting_said()})"
