@@ -42,6 +42,9 @@ from classifier.serving import (
 
 # Keras and LiteRT must agree this closely on the same pixels, or the export is refused.
 AGREEMENT_TOLERANCE = 1e-4
+# metadata.json's tflite_origin
+TFLITE_GRAFTED = "grafted onto the cached trunk"
+TFLITE_CONVERTED = "whole model converted"
 
 
 def export_version(
@@ -77,25 +80,114 @@ def export_version(
         ArtifactError: the model does not match ``class_names`` or the converted model
             disagrees with Keras.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise FileExistsError(f"The version directory {out_dir} already exists.")
     image_size = int(_input_spec(model).shape[1])
-    num_outputs = int(model.outputs[0].shape[-1])
+    _check_outputs(int(model.outputs[0].shape[-1]), class_names)
+
+    def write_models(tmp: Path) -> dict[str, Any]:
+        model.save(tmp / MODEL_KERAS)
+        _fsync_file(tmp / MODEL_KERAS)
+        grafted = tflite is not None
+        content = tflite if grafted else convert_to_tflite(model)
+        max_diff = _check_agreement(model, content, image_size)
+        _write_bytes(tmp / MODEL_TFLITE, content)
+        return {
+            "tflite_max_abs_diff": max_diff,
+            "tflite_origin": TFLITE_GRAFTED if grafted else TFLITE_CONVERTED,
+            "tflite_check": "the whole model against Keras",
+            "keras_origin": "saved",
+        }
+
+    return _write_version(
+        Path(out_dir),
+        write_models,
+        image_size=image_size,
+        class_names=class_names,
+        config=config,
+        metrics=metrics,
+        history=history,
+        dataset=dataset,
+    )
+
+
+def export_assembled_version(
+    head: keras.Model,
+    out_dir: str | Path,
+    *,
+    model_keras: bytes,
+    trunk_tflite: bytes,
+    class_names: list[str],
+    config: TrainConfig,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    dataset: dict[str, Any],
+) -> Path:
+    """:func:`export_version` for a model that was never built whole: a head trained on
+    the cached trunk's features, its ``model.keras`` written from a template
+    (``classifier.assemble``) and its flatbuffer grafted onto the cached trunk.
+
+    The check is the head's: the grafted flatbuffer must give, on the same deterministic
+    images, what the Keras head gives on the cached trunk's own output, within
+    :data:`AGREEMENT_TOLERANCE`. The trunk's conversion was checked against the whole Keras
+    model by the export that made the template.
+
+    Raises:
+        FileExistsError: ``out_dir`` already exists.
+        ArtifactError: the head does not match ``class_names``, or the grafted flatbuffer
+            disagrees with it.
+    """
+    _check_outputs(int(head.outputs[0].shape[-1]), class_names)
+    image_size = int(config.image_size)
+    tflite = graft_tflite(trunk_tflite, head)
+
+    def write_models(tmp: Path) -> dict[str, Any]:
+        _write_bytes(tmp / MODEL_KERAS, model_keras)
+        max_diff = _check_graft(head, trunk_tflite, tflite, image_size)
+        _write_bytes(tmp / MODEL_TFLITE, tflite)
+        return {
+            "tflite_max_abs_diff": max_diff,
+            "tflite_origin": TFLITE_GRAFTED,
+            "tflite_check": "the head against Keras on the cached trunk's output",
+            "keras_origin": "the cached template with this head's weights",
+        }
+
+    return _write_version(
+        Path(out_dir),
+        write_models,
+        image_size=image_size,
+        class_names=class_names,
+        config=config,
+        metrics=metrics,
+        history=history,
+        dataset=dataset,
+    )
+
+
+def _check_outputs(num_outputs: int, class_names: list[str]) -> None:
     if num_outputs != len(class_names):
         raise ArtifactError(
             f"The model has {num_outputs} outputs but {len(class_names)} class names were given."
         )
+
+
+def _write_version(
+    out_dir: Path,
+    write_models: Callable[[Path], dict[str, Any]],
+    *,
+    image_size: int,
+    class_names: list[str],
+    config: TrainConfig,
+    metrics: dict[str, Any],
+    history: list[dict[str, Any]],
+    dataset: dict[str, Any],
+) -> Path:
+    """The version directory around the model files ``write_models(tmp)`` writes (and
+    checks; it returns their entries for ``metadata.json``), put in place atomically."""
+    if out_dir.exists():
+        raise FileExistsError(f"The version directory {out_dir} already exists.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        model.save(tmp / MODEL_KERAS)
-        _fsync_file(tmp / MODEL_KERAS)
-        origin = "grafted onto the cached trunk" if tflite is not None else "whole model converted"
-        if tflite is None:
-            tflite = convert_to_tflite(model)
-        max_diff = _check_agreement(model, tflite, image_size)
-        _write_bytes(tmp / MODEL_TFLITE, tflite)
+        models = write_models(tmp)
         _write_bytes(tmp / LABELS, _to_json(list(class_names)))
         files = {
             name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
@@ -117,8 +209,7 @@ def export_version(
             "history": history,
             "dataset": dataset,
             "libraries": library_versions(),
-            "tflite_max_abs_diff": max_diff,
-            "tflite_origin": origin,
+            **models,
             "files": files,
         }
         _write_bytes(tmp / METADATA, _to_json(meta))
@@ -435,10 +526,24 @@ def _dense_head_model(head: keras.Model) -> Any:
 
 
 def _check_agreement(model: keras.Model, tflite: bytes, image_size: int) -> float:
-    pixels = np.random.default_rng(0).integers(0, 256, (2, image_size, image_size, 3))
-    pixels = pixels.astype(np.float32)
+    pixels = _check_pixels(image_size)
     expected = np.asarray(model(pixels, training=False))
-    got = LiteRTRunner(tflite).run(pixels)
+    return _agreement(expected, LiteRTRunner(tflite).run(pixels))
+
+
+def _check_graft(head: keras.Model, trunk_tflite: bytes, tflite: bytes, image_size: int) -> float:
+    pixels = _check_pixels(image_size)
+    features = LiteRTRunner(trunk_tflite).run(pixels)
+    expected = np.asarray(head(features, training=False))
+    return _agreement(expected, LiteRTRunner(tflite).run(pixels))
+
+
+def _check_pixels(image_size: int) -> np.ndarray:
+    pixels = np.random.default_rng(0).integers(0, 256, (2, image_size, image_size, 3))
+    return pixels.astype(np.float32)
+
+
+def _agreement(expected: np.ndarray, got: np.ndarray) -> float:
     max_diff = float(np.max(np.abs(expected - got)))
     if not max_diff <= AGREEMENT_TOLERANCE:
         raise ArtifactError(

@@ -12,6 +12,8 @@ trunk once per photo and keeps the pooled features on disk, keyed by what decide
 Layout: ``<cache_dir>/features/<key>/shard-*.npz`` (content hashes, features, and photos
 that could not be decoded with the reason) and ``<cache_dir>/trunks/<key>.tflite`` (the
 trunk converted for LiteRT, which extracts ~2x faster than TensorFlow's own graph on CPU).
+Beside them, ``<cache_dir>/models/`` keeps ``model.keras`` templates (``classifier.assemble``)
+so a later job on a cached trunk need not build the full model to export it.
 Files are written to a temporary name and ``os.replace``-d into place, and extraction holds
 an exclusive ``fcntl.flock`` on the key, so two jobs on the same data share one extraction
 safely: the second waits, then finds everything cached.

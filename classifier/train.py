@@ -12,7 +12,10 @@ and splits the dataset (``classifier.data``), builds the model (``classifier.mod
    non-BatchNorm backbone layers are unfrozen, the model is recompiled with
    ``fine_tune_learning_rate`` and trained on the streaming pipeline.
 3. Evaluation on the validation set (``classifier.evaluate``) and, with ``out_dir``, export
-   of a version directory (``classifier.export``).
+   of a version directory (``classifier.export``). A frozen-stage-only job on a cached
+   trunk never builds the full Keras model when an earlier export left a template of it
+   (``classifier.assemble``): its ``model.keras`` is the template with the new head's
+   weights, its flatbuffer the cached trunk's with the head grafted on.
 
 Callers follow progress through :class:`TrainCallbacks` (per batch, per epoch, per phase)
 and cancel through its ``should_stop``. With ``checkpoint_dir`` every finished epoch is
@@ -41,6 +44,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from classifier.assemble import Template, assemble, find_template, save_template
 from classifier.config import TrainConfig
 from classifier.data import (
     DatasetScan,
@@ -49,7 +53,7 @@ from classifier.data import (
     split_dataset,
     verify_images,
 )
-from classifier.errors import DatasetError, TrainingCancelled
+from classifier.errors import ArtifactError, DatasetError, TrainingCancelled
 from classifier.features import extract_features
 from classifier.files import atomic_file, atomic_write
 from classifier.model import (
@@ -61,6 +65,7 @@ from classifier.model import (
     unfreeze_top,
 )
 from classifier.pipeline import make_dataset, reading_photos
+from classifier.serving import MODEL_KERAS
 
 Item = tuple[str, int]
 CHECKPOINT_STATE = "checkpoint.json"
@@ -189,14 +194,20 @@ class _Run:
         self._model_future: Future[keras.Model] | None = None
         self._pending_build: Callable[[], Future[keras.Model]] | None = None
         self._resumed_head: list[np.ndarray] | None = None
+        self._head_copied = False
+        # The feature cache's key for this config, and the model.keras template that spares
+        # building the full model (classifier.assemble), when there is one.
+        self._cache_key = ""
+        self._template: Template | None = None
         self.use_cache = False
         self._resumed_optimizer: tuple[str | None, list[np.ndarray] | None] = (None, None)
         self.features: dict[str, np.ndarray] = {}
 
     @property
     def model(self) -> keras.Model:
-        """The full classifier; waits for it when it is being built in the background."""
-        self._start_build()
+        """The full classifier; waits for it when it is being built in the background, and
+        builds it now if it was not (even where :meth:`_model_needed` said it would not be)."""
+        self._start_build(force=True)
         if self._model is None and self._model_future is not None:
             self._model = self._model_future.result()
         if self._model is None:
@@ -357,6 +368,7 @@ class _Run:
             progress=progress,
         )
         self.cache_hit = result.cache_hit
+        self._cache_key = result.key
         self.stats["extraction"] = {
             "engine": result.engine,
             "images": result.extracted,
@@ -374,6 +386,7 @@ class _Run:
         x_train, y_train = self._feature_arrays(self.train_items)
         x_val, y_val = self._feature_arrays(self.val_items)
         head = build_head(len(self.scan.class_names), x_train.shape[1], config)  # seeded init
+        self._template = self._find_template(head)
         if self._resumed_head is not None:
             _set_head_weights(head, config, self._resumed_head)
         # One graph call per epoch: the per-step Python and dispatch overhead would
@@ -403,8 +416,9 @@ class _Run:
         )
         bridge.finish()
         self.head = head
-        with self._timed("build (waited)"):
-            copy_head_weights(head, self.model, config)
+        if self._model_needed():
+            with self._timed("build (waited)"):
+                self._full_model()
 
     def _train_streaming(
         self, state: dict[str, Any], phase: str, end_epoch: int, learning_rate: float
@@ -472,7 +486,7 @@ class _Run:
             # One traced function for the whole set; predict_on_batch per batch was
             # re-traced on every call (~1.5 s each, and its memory piled up).
             with reading_photos(failures):
-                probs = np.asarray(self.model.predict(dataset, verbose=0))
+                probs = np.asarray(self._full_model().predict(dataset, verbose=0))
         return evaluate_predictions(
             labels,
             probs,
@@ -495,16 +509,53 @@ class _Run:
             "rejected": [list(item) for item in scan.rejected],
             "image_size": self.config.image_size,
         }
-        return export_version(
-            self.model,
-            self.out_dir,
-            class_names=scan.class_names,
-            config=self.config,
-            metrics=metrics,
-            history=self.history,
-            dataset=dataset,
-            tflite=self._grafted_tflite() if grafted else None,
-        )
+        common = {
+            "class_names": scan.class_names,
+            "config": self.config,
+            "metrics": metrics,
+            "history": self.history,
+            "dataset": dataset,
+        }
+        if grafted and self._template is not None:
+            version = self._export_assembled(common)
+            if version is not None:
+                return version
+        tflite = self._grafted_tflite() if grafted else None
+        version = export_version(self._full_model(), self.out_dir, tflite=tflite, **common)
+        if tflite is not None and self.head is not None:
+            # The trunk is the cached one, untouched: the next job with this model can
+            # write its model.keras from this one.
+            save_template(
+                self.cache_dir, self._cache_key, self.head, self.config, version / MODEL_KERAS
+            )
+        return version
+
+    def _export_assembled(self, common: dict[str, Any]) -> Path | None:
+        """The version written without the full model (``classifier.assemble``); None when
+        the template or the cached trunk turns out unusable (the caller saves the model)."""
+        from classifier.export import export_assembled_version
+        from classifier.features import cached_trunk_tflite
+
+        template, head = self._template, self.head
+        assert template is not None and head is not None
+        self._template = None  # whatever happens next, a fallback saves the model
+        trunk = cached_trunk_tflite(self.cache_dir, self._cache_key)
+        try:
+            trunk_tflite = trunk.read_bytes() if trunk is not None else None
+            model_keras = assemble(template, head, self.config)
+        except (ArtifactError, OSError) as exc:
+            log.warning("The model template is unusable, saving the whole model: %s", exc)
+            template.path.unlink(missing_ok=True)
+            return None
+        if trunk_tflite is None:
+            return None
+        try:
+            return export_assembled_version(
+                head, self.out_dir, model_keras=model_keras, trunk_tflite=trunk_tflite, **common
+            )
+        except ArtifactError as exc:
+            log.warning("%s Saving the whole model and checking it against Keras.", exc)
+            return None
 
     def _grafted_tflite(self) -> bytes | None:
         """The exported flatbuffer spliced from the cached trunk and the trained head.
@@ -607,10 +658,40 @@ class _Run:
             phases = self.stats.setdefault("phases", {})
             phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - started
 
-    def _start_build(self) -> None:
-        """Start the deferred background build of the model, if there is one (idempotent)."""
-        if self._model is None and self._model_future is None and self._pending_build:
+    def _start_build(self, *, force: bool = False) -> None:
+        """Start the deferred background build of the model, if there is one and the run
+        needs the model (or ``force``); idempotent."""
+        idle = self._model is None and self._model_future is None
+        if idle and self._pending_build and (force or self._model_needed()):
             self._model_future = self._pending_build()
+
+    def _model_needed(self) -> bool:
+        """Whether this run needs the full Keras model, not just the head: for fine-tuning,
+        training without the feature cache, or an export with no template to write it from."""
+        return (
+            self.config.fine_tunes
+            or not self.use_cache
+            or (self.out_dir is not None and self._template is None)
+        )
+
+    def _full_model(self) -> keras.Model:
+        """The full classifier, with the head trained on features copied in (once)."""
+        model = self.model
+        if self.head is not None and not self._head_copied:
+            copy_head_weights(self.head, model, self.config)
+            self._head_copied = True
+        return model
+
+    def _find_template(self, head: keras.Model) -> Template | None:
+        """The cached model.keras template for this run's model, if the run can use one: a
+        frozen-trunk job (no fine-tuning) that exports, with the trunk's conversion cached."""
+        from classifier.features import cached_trunk_tflite
+
+        if self.out_dir is None or self.config.fine_tunes or not self._cache_key:
+            return None
+        if cached_trunk_tflite(self.cache_dir, self._cache_key) is None:
+            return None
+        return find_template(self.cache_dir, self._cache_key, head, self.config)
 
     def _check_stop(self) -> None:
         if self.callbacks.should_stop():
