@@ -389,10 +389,8 @@ class _Run:
         self._template = self._find_template(head)
         if self._resumed_head is not None:
             _set_head_weights(head, config, self._resumed_head)
-        # One graph call per epoch: the per-step Python and dispatch overhead would
-        # otherwise cost more than the step itself (callbacks then see one batch per epoch).
         steps = math.ceil(len(x_train) / config.batch_size)
-        _compile(head, config.learning_rate, fused=True, steps_per_execution=steps)
+        _compile(head, config.learning_rate, fused=True)  # the optimizer and loss; no fit
         self._restore_optimizer(head, "head")
         bridge = _Bridge(
             self,
@@ -403,17 +401,15 @@ class _Run:
             set_weights=lambda weights: _set_head_weights(head, config, weights),
             kind="head",
         )
-        head.fit(
-            x_train,
-            y_train,
-            batch_size=config.batch_size,
-            epochs=config.epochs,
-            initial_epoch=state["epoch"],
-            validation_data=(x_val, y_val),
-            shuffle=True,
-            callbacks=[bridge],
-            verbose=0,
-        )
+        bridge.set_model(head)
+        loop = _HeadLoop(head, x_train, y_train, x_val, y_val, config.batch_size)
+        for epoch in range(state["epoch"], config.epochs):
+            bridge.on_epoch_begin(epoch)
+            logs = loop.train_epoch(_epoch_order(len(x_train), config.seed, epoch))
+            bridge.on_train_batch_end(steps - 1)  # every batch of the epoch is done
+            bridge.on_epoch_end(epoch, {**logs, **loop.validate()})
+            if head.stop_training:
+                break
         bridge.finish()
         self.head = head
         if self._model_needed():
@@ -698,6 +694,91 @@ class _Run:
             raise TrainingCancelled("Training was cancelled.")
 
 
+class _HeadLoop:
+    """The head's training loop on cached features: one traced call per epoch.
+
+    Keras's own pattern for a loop of one's own ("writing a training loop from scratch"):
+    the head, its compiled optimizer and loss, ``GradientTape``, in a ``tf.function``. On
+    features the whole epoch is a handful of small matrix products per batch, and
+    ``fit``'s machinery (its data adapter and iterator, metric objects, the while loop
+    around ``steps_per_execution``) cost as much as the arithmetic: measured here on 2,400
+    pooled MobileNetV2 features, 0.25-0.29 s per epoch through ``fit`` against 0.15 s
+    here, and about half the tracing. Batches are ``batch_size`` photos in the epoch's
+    order (the last one smaller), the loss and accuracy are their means over photos, as
+    ``fit`` reports them; validation is one call over the validation features.
+    """
+
+    def __init__(
+        self,
+        head: keras.Model,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        batch_size: int,
+    ) -> None:
+        import tensorflow as tf
+
+        self._x, self._y = tf.constant(x_train), tf.constant(y_train)
+        self._x_val, self._y_val = tf.constant(x_val), tf.constant(y_val)
+        self._batch_size = batch_size
+        self.head = head
+        optimizer = head.optimizer
+        if not optimizer.built:
+            optimizer.build(head.trainable_variables)
+        self._train_epoch = tf.function(self._epoch)
+        self._validate = tf.function(self._validation)
+
+    def train_epoch(self, order: np.ndarray) -> dict[str, float]:
+        loss, accuracy = self._train_epoch(order)
+        return {"loss": float(loss), "accuracy": float(accuracy)}
+
+    def validate(self) -> dict[str, float]:
+        loss, accuracy = self._validate()
+        return {"val_loss": float(loss), "val_accuracy": float(accuracy)}
+
+    def _epoch(self, order: Any) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        head, optimizer = self.head, self.head.optimizer
+        count = tf.shape(order)[0]
+        loss_sum, correct = tf.constant(0.0), tf.constant(0.0)
+        for start in tf.range(0, count, self._batch_size):
+            batch = order[start : start + self._batch_size]
+            x, y = tf.gather(self._x, batch), tf.gather(self._y, batch)
+            with tf.GradientTape() as tape:
+                probs = head(x, training=True)
+                loss = head.loss(y, probs)
+                total = loss + tf.add_n(head.losses) if head.losses else loss
+            variables = head.trainable_variables
+            optimizer.apply(tape.gradient(total, variables), variables)
+            loss_sum += loss * tf.cast(tf.shape(batch)[0], tf.float32)
+            correct += _correct(y, probs)
+        photos = tf.cast(count, tf.float32)
+        return loss_sum / photos, correct / photos
+
+    def _validation(self) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        probs = self.head(self._x_val, training=False)
+        photos = tf.cast(tf.shape(self._y_val)[0], tf.float32)
+        return self.head.loss(self._y_val, probs), _correct(self._y_val, probs) / photos
+
+
+def _correct(labels: Any, probs: Any) -> Any:
+    import tensorflow as tf
+
+    predicted = tf.argmax(probs, axis=1, output_type=labels.dtype)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+
+def _epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the training photos in ``epoch`` (0-based): a permutation drawn from
+    the seed and the epoch alone, so a resumed run sees the orders an uninterrupted one
+    would."""
+    return np.random.default_rng([seed, epoch]).permutation(count).astype(np.int32)
+
+
 class _Bridge(keras.callbacks.Callback):
     """Keras callback: user callbacks, cancellation, early stopping, checkpoints."""
 
@@ -823,14 +904,11 @@ class _Checkpoint:
         return meta
 
 
-def _compile(
-    model: keras.Model, learning_rate: float, *, fused: bool = False, steps_per_execution: int = 1
-) -> None:
+def _compile(model: keras.Model, learning_rate: float, *, fused: bool = False) -> None:
     model.compile(
         optimizer=(FusedAdam if fused else keras.optimizers.Adam)(learning_rate),
-        loss="sparse_categorical_crossentropy",
+        loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
     )
 
 

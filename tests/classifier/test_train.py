@@ -190,7 +190,7 @@ def test_it_resumes_from_the_last_checkpointed_epoch(tmp_path, dataset, no_liter
 
 
 def test_it_stops_early_and_restores_the_best_epoch(tmp_path, dataset, no_litert):
-    config = _config(epochs=25, early_stopping_patience=2, learning_rate=0.05)
+    config = _config(epochs=25, early_stopping_patience=2, learning_rate=0.2)
 
     result = train(dataset, config, cache_dir=tmp_path / "cache")
 
@@ -316,3 +316,37 @@ def test_it_validates_on_readable_photos_when_the_split_chose_broken_ones(
     assert sorted(path for path, _ in result.rejected) == sorted(path for path, _ in chosen)
     assert {label for _, label in result.val_files} == {0, 1, 2}
     assert result.metrics["num_examples"] == len(result.val_files)
+
+
+def test_the_head_loop_trains_and_reports_as_keras_does_batch_by_batch() -> None:
+    from classifier.model import build_head
+    from classifier.train import _compile, _epoch_order, _HeadLoop
+
+    config = TrainConfig(weights="none", head_units=(16,), dropout=0.0, batch_size=8)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(30, 12)).astype(np.float32), rng.integers(0, 3, 30).astype(np.int32)
+    x_val = rng.normal(size=(10, 12)).astype(np.float32)
+    y_val = rng.integers(0, 3, 10).astype(np.int32)
+    ours, theirs = build_head(3, 12, config), build_head(3, 12, config)  # the same seeded init
+    _compile(ours, 1e-2, fused=True)
+    _compile(theirs, 1e-2, fused=True)
+    order = _epoch_order(30, config.seed, 0)
+    assert sorted(order) == list(range(30)) and list(order) != list(range(30))
+    assert list(_epoch_order(30, config.seed, 0)) == list(order)
+    assert list(_epoch_order(30, config.seed, 1)) != list(order)
+
+    loop = _HeadLoop(ours, x, y, x_val, y_val, config.batch_size)
+    logs = loop.train_epoch(order)
+    batches = [order[start : start + 8] for start in range(0, 30, 8)]  # 8, 8, 8 and 6 photos
+    steps = [theirs.train_on_batch(x[b], y[b], return_dict=True) for b in batches]
+
+    for mine, keras_weights in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, keras_weights, atol=1e-6)
+    sizes = [len(b) for b in batches]
+    for name in ("loss", "accuracy"):
+        expected = sum(step[name] * n for step, n in zip(steps, sizes, strict=True)) / 30
+        assert logs[name] == pytest.approx(expected, rel=1e-5)
+    expected = theirs.evaluate(x_val, y_val, return_dict=True, verbose=0)
+    got = loop.validate()
+    assert got["val_loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    assert got["val_accuracy"] == pytest.approx(expected["accuracy"])
