@@ -38,6 +38,15 @@ def _config(**overrides) -> TrainConfig:
     return TrainConfig(**{**defaults, **overrides})
 
 
+def _save_model_around(head: keras.Model, config: TrainConfig, path) -> None:
+    """Save a small stand-in for the full model: one Dense "trunk", then ``head``'s layers."""
+    inputs = keras.Input((16,))
+    outputs = keras.layers.Dense(16, name="trunk_like")(inputs)
+    for name in head_layer_names(config):
+        outputs = head.get_layer(name)(outputs)
+    keras.Model(inputs, outputs).save(path)
+
+
 def _meta(version) -> dict:
     return json.loads((version / "metadata.json").read_text())
 
@@ -149,12 +158,7 @@ def test_a_template_serves_only_models_that_differ_in_head_weights_alone(tmp_pat
 def test_a_template_needs_every_head_weight_once_in_the_saved_model(tmp_path):
     config = _config(head_units=(8,))
     head = build_head(2, 16, config)
-    inputs = keras.Input((16,))
-    outputs = keras.layers.Dense(16, name="trunk_like")(inputs)
-    for name in head_layer_names(config):
-        outputs = head.get_layer(name)(outputs)
-    model = keras.Model(inputs, outputs)
-    model.save(tmp_path / "model.keras")
+    _save_model_around(head, config, tmp_path / "model.keras")
 
     found = assemble.save_template(
         tmp_path / "cache", "key", head, config, tmp_path / "model.keras"
@@ -192,3 +196,20 @@ def test_an_assembled_export_refuses_a_flatbuffer_that_disagrees_with_its_head(
             dataset={},
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_template_is_copied_where_it_cannot_be_linked(tmp_path, monkeypatch):
+    config = _config(head_units=(8,))
+    head = build_head(2, 16, config)
+    _save_model_around(head, config, tmp_path / "model.keras")
+
+    def cross_device(source, target):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(assemble.os, "link", cross_device)
+    path = assemble.save_template(tmp_path / "cache", "key", head, config, tmp_path / "model.keras")
+
+    assert path is not None
+    assert path.read_bytes() == (tmp_path / "model.keras").read_bytes()
+    assert path.stat().st_ino != (tmp_path / "model.keras").stat().st_ino
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []
