@@ -538,12 +538,15 @@ class _Run:
         trunk = cached_trunk_tflite(self.cache_dir, self._cache_key)
         try:
             trunk_tflite = trunk.read_bytes() if trunk is not None else None
+        except OSError:
+            trunk_tflite = None
+        if trunk_tflite is None:  # gone since training started: convert the whole model
+            return None
+        try:
             model_keras = assemble(template, head, self.config)
         except (ArtifactError, OSError) as exc:
             log.warning("The model template is unusable, saving the whole model: %s", exc)
             template.path.unlink(missing_ok=True)
-            return None
-        if trunk_tflite is None:
             return None
         try:
             return export_assembled_version(

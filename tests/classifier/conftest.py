@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from classifier.config import TrainConfig
+
 SHARED_DIR = Path(__file__).resolve().parents[2] / ".." / "shared"
 
 # Per-class base colours, far apart so even a random-weights trunk separates them.
@@ -53,6 +55,19 @@ def write_image_folder(
             suffix = ".jpg" if i % 2 == 0 else ".png"
             image.save(folder / f"{name}_{i:03d}{suffix}")
     return root
+
+
+def small_train_config(**overrides: object) -> TrainConfig:
+    """A TrainConfig that trains in seconds: random trunk weights, 32 px, a 32-unit head."""
+    defaults = {
+        "weights": "none",
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "head_units": (32,),
+        "learning_rate": 3e-3,
+    }
+    return TrainConfig(**{**defaults, **overrides})
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import zipfile
 
@@ -17,6 +18,7 @@ from classifier.errors import ArtifactError
 from classifier.model import build_head, head_layer_names
 from classifier.serving import LiteRTRunner
 from classifier.train import train
+from tests.classifier.conftest import small_train_config
 
 CLASSES = {"a": 10, "b": 10, "c": 10}
 
@@ -26,16 +28,7 @@ def dataset(tmp_path, make_image_folder):
     return make_image_folder(tmp_path / "ds", classes=CLASSES)
 
 
-def _config(**overrides) -> TrainConfig:
-    defaults = {
-        "weights": "none",
-        "image_size": 32,
-        "epochs": 3,
-        "batch_size": 8,
-        "head_units": (32,),
-        "learning_rate": 3e-3,
-    }
-    return TrainConfig(**{**defaults, **overrides})
+_config = functools.partial(small_train_config, epochs=3)
 
 
 def _save_model_around(head: keras.Model, config: TrainConfig, path) -> None:

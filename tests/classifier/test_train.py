@@ -10,6 +10,7 @@ from classifier import features as features_module
 from classifier.config import TrainConfig
 from classifier.errors import DatasetError, TrainingCancelled
 from classifier.train import TrainCallbacks, train
+from tests.classifier.conftest import small_train_config
 
 CLASSES = {"a": 10, "b": 10, "c": 10}
 
@@ -25,16 +26,7 @@ def no_litert(monkeypatch):
     monkeypatch.setattr(features_module, "trunk_tflite", lambda *args: None)
 
 
-def _config(**overrides) -> TrainConfig:
-    defaults = {
-        "weights": "none",
-        "image_size": 32,
-        "epochs": 2,
-        "batch_size": 8,
-        "head_units": (32,),
-        "learning_rate": 3e-3,
-    }
-    return TrainConfig(**{**defaults, **overrides})
+_config = small_train_config
 
 
 class Recorder(TrainCallbacks):
